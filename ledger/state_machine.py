@@ -642,16 +642,22 @@ class Ledger:
         self._transfer_record[timestamp] = record
         dr.transfer_timestamps.append(timestamp)
         cr.transfer_timestamps.append(timestamp)
-        entries = self._chain_entries
-        entries.append(b"T" + record)
+        self._chain_entries.append(b"T" + record)
+        if dr.history is not None or cr.history is not None:
+            self._record_history(timestamp, dr, cr)
+        dirty = self._dirty_accounts
+        dirty.add(dr.index)
+        dirty.add(cr.index)
+
+    def _record_history(self, timestamp: int, dr: _AccountState, cr: _AccountState) -> None:
         for account in (dr, cr):
             history = account.history
             if history is not None:
                 entry = (timestamp, *account.balances())
                 history.append(entry)
-                entries.append(b"B" + account.id.to_bytes(16, "little") + _pack_balance(entry))
-        self._dirty_accounts.add(dr.index)
-        self._dirty_accounts.add(cr.index)
+                self._chain_entries.append(
+                    b"B" + account.id.to_bytes(16, "little") + _pack_balance(entry)
+                )
 
     def _post_or_void(self, t: Transfer, timestamp: int) -> CreateTransferResult:
         flags = t.flags

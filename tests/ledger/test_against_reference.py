@@ -67,6 +67,7 @@ def accounts(draw: st.DrawFn) -> Account:
         field, value = draw(
             st.sampled_from([("ledger", 0), ("ledger", 2), ("code", 0), ("code", 7),
                              ("debits_posted", 5), ("credits_pending", 1), ("timestamp", 3),
+                             ("debits_pending", 2), ("credits_posted", 9),
                              ("user_data_64", 1), ("user_data_32", 2)])
         )  # fmt: skip
         fields[field] = value
@@ -78,7 +79,9 @@ CORRUPTIONS = st.sampled_from(
     [("id", 0), ("id", U128_MAX), ("debit_account_id", 0), ("credit_account_id", U128_MAX),
      ("debit_account_id", 9), ("credit_account_id", 6), ("ledger", 0), ("ledger", 2),
      ("code", 0), ("code", 7), ("pending_id", 101), ("timeout", 1), ("timestamp", 9),
-     ("user_data_64", 1), ("amount", U128_MAX), ("flags", 1 << 8)]
+     ("user_data_64", 1), ("amount", U128_MAX), ("flags", 1 << 8),
+     ("debit_account_id", U128_MAX), ("credit_account_id", 0), ("pending_id", 0),
+     ("pending_id", U128_MAX), ("user_data_128", 1), ("user_data_32", 3)]
 )  # fmt: skip
 
 
