@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 
 BUCKET_LEAVES = 256
+_BUCKET_SHIFT = 8
+assert 1 << _BUCKET_SHIFT == BUCKET_LEAVES
 _BUCKET_DOMAIN = b"\x01"
 
 
@@ -49,7 +51,7 @@ class LeafCommitment:
         self._root = None
 
     def set_many(self, indexes: list[int], leaves: list[bytes]) -> None:
-        """``set`` for ascending ``indexes`` and their leaves, without per-call cost."""
+        """``set`` for many leaves at once; appended indexes must come in order."""
         assert len(indexes) == len(leaves)
         array = self._leaves
         dirty = self._dirty
@@ -59,8 +61,8 @@ class LeafCommitment:
             if index == len(array):
                 array.append(leaf)
             else:
-                array[index] = leaf  # IndexError on a gap: indexes must ascend
-            dirty.add(index // BUCKET_LEAVES)
+                array[index] = leaf  # IndexError on a gap: appends must ascend
+            dirty.add(index >> _BUCKET_SHIFT)
         self._root = None
 
     def root(self) -> bytes:

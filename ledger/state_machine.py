@@ -91,6 +91,7 @@ STATUS_EXPIRED: Final = 4
 
 _STATE_DOMAIN: Final = b"aegis.ledger.state.v1"
 _BALANCES = struct.Struct("<8Q")
+_PENDING_LEAF = struct.Struct("<QB")
 _ACCOUNT_TAIL = struct.Struct("<QQQIIIHHQ")
 assert 16 + _BALANCES.size + _ACCOUNT_TAIL.size == 128
 
@@ -249,7 +250,7 @@ class _Pending:
         self.index = index
 
     def leaf(self) -> bytes:
-        return self.timestamp.to_bytes(8, "little") + bytes((self.status,))
+        return _PENDING_LEAF.pack(self.timestamp, self.status)
 
 
 def _pack_transfer(
@@ -1012,6 +1013,9 @@ def _refresh(
     """Re-encode dirty leaves; indexes beyond ``order`` belonged to rolled-back chains."""
     assert len(commitment) <= len(order)
     size = len(order)
-    indexes = sorted(i for i in dirty if i < size)
+    committed = len(commitment)
+    # Overwrites may come in any order; only appends must ascend (and are rare).
+    indexes = [i for i in dirty if i < committed]
+    indexes += sorted(i for i in dirty if committed <= i < size)
     commitment.set_many(indexes, [leaf(order[i]) for i in indexes])
     dirty.clear()
