@@ -1,6 +1,6 @@
-"""The audit chain (not built yet).
+"""The audit chain.
 
-Will own: RFC 9162 Merkle trees with inclusion and consistency proofs, block
-headers chained by hash, checkpoints signed by a quorum of replicas, the
+Built so far: RFC 9162 Merkle tree hashing (``merkle``), used by block headers.
+Still to come: inclusion and consistency proofs, signed checkpoints, the
 offline verifier, and ``anchor/`` adapters (embedded store, Hyperledger Fabric).
 """

@@ -1,0 +1,1094 @@
+"""The BFT replica core: Mod-SMaRt normal case, regency change, checkpoints, catch-up.
+
+Guarantees, with n = 3f + 1 replicas of which at most f are Byzantine:
+
+* Agreement: no two honest replicas decide different blocks at one height.
+  A block is decided on q = 2f + 1 signed ACCEPTs for one (regency, height,
+  digest); an honest replica ACCEPTs only after q signed WRITEs for that
+  digest in that regency (a write proof), persists the proof first, and
+  reports its highest-regency proof in STOP-DATA.  A new leader must
+  re-propose the block of the highest-regency proof among q STOP-DATAs, and
+  every replica re-checks that choice from the STOP-DATAs carried in SYNC.
+* Validity: every request in a decided block carries its client's signature.
+* Sans-IO: input is ``step(message)`` and ``tick()``; output is ``Effects``;
+  no clock, no randomness, no IO.  Time is ticks; ledger timestamps derive
+  from ``genesis_ns + ticks * tick_ns``.
+* Remote input never crashes the core: malformed, unauthenticated, stale or
+  contradictory messages are dropped and recorded as evidence.
+
+Blocks are executed when proposed (the header commits to the state hash after
+the block, so it must be computed before the vote); a speculative execution
+that loses a regency change is undone by restoring the last stable checkpoint
+and replaying the decided blocks after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar, assert_never
+
+from audit_chain.merkle import merkle_root
+from consensus import certificate as certificates
+from consensus.crypto import Signer, Verifier
+from consensus.effects import (
+    CheckpointRecord,
+    DecidedRecord,
+    Effects,
+    EffectsBuilder,
+    PersistRecord,
+    ProofRecord,
+    RegencyRecord,
+    Send,
+    VoteRecord,
+)
+from consensus.encoding import canonical
+from consensus.messages import (
+    RECORD_SIZE,
+    Accept,
+    Block,
+    BlockHeader,
+    Blocks,
+    Certificate,
+    CheckpointVote,
+    DecidedBlock,
+    FetchBlocks,
+    Message,
+    PeerMessage,
+    Persisted,
+    Propose,
+    Reply,
+    Request,
+    StableCheckpoint,
+    Stop,
+    StopData,
+    Sync,
+    Write,
+    WriteProof,
+    digest_of,
+)
+from consensus.quorum import faults_tolerated, leader_of, quorum
+from consensus.state_machine import Execution, StateMachine
+
+ZERO_DIGEST = bytes(32)
+_M = TypeVar("_M", bound=PeerMessage)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaConfig:
+    replica_id: int
+    replicas: int
+    genesis_ns: int  # ledger time at tick 0
+    tick_ns: int = 10_000_000
+    checkpoint_interval: int = 16  # blocks between checkpoints
+    request_timeout_ticks: int = 60  # a request waiting this long triggers a regency change
+    regency_timeout_ticks: int = 60  # a regency change must finish within this (doubles)
+    fetch_retry_ticks: int = 20
+    retransmit_ticks: int = 8  # re-send this instance's own votes while it is undecided
+    probe_ticks: int = 50  # ask a peer for newer blocks this often (anti-entropy)
+    timestamp_skew_max_ns: int = 2_000_000_000  # how far a leader's stamp may run ahead
+    block_requests_max: int = 64
+    block_events_max: int = 8189
+    pending_requests_max: int = 4096
+    future_messages_max: int = 512
+    fetch_blocks_max: int = 32
+    # Deliberately unsafe variants, only for tests that prove the checkers can fail.
+    unsafe_quorum: int | None = None
+    unsafe_skip_sync_reproposal: bool = False
+
+    def __post_init__(self) -> None:
+        faults_tolerated(self.replicas)  # raises unless n = 3f + 1
+        assert 0 <= self.replica_id < self.replicas
+        assert self.checkpoint_interval >= 1 and self.tick_ns >= 1
+        assert self.block_requests_max >= 1 and self.fetch_blocks_max >= 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Genesis:
+    """The agreed starting point: height 0, its header, the state it describes."""
+
+    header: BlockHeader
+    snapshot: bytes
+
+
+def genesis_header(state_hash: bytes, timestamp: int) -> BlockHeader:
+    return BlockHeader(
+        height=0,
+        parent_hash=ZERO_DIGEST,
+        timestamp=timestamp,
+        merkle_root=merkle_root([]),
+        log_size=0,
+        body_hash=digest_of(()),
+        results_hash=digest_of(()),
+        state_hash=state_hash,
+    )
+
+
+class BftReplica:
+    """One replica's protocol state.  Drive it with ``step`` and ``tick``."""
+
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        signer: Signer,
+        verifier: Verifier,
+        client_verifier: Verifier,
+        state_machine: StateMachine,
+        genesis: Genesis,
+        records: Sequence[PersistRecord] = (),
+    ) -> None:
+        self.cfg = config
+        self.id = config.replica_id
+        self.n = config.replicas
+        self.f = faults_tolerated(self.n)
+        self.q = config.unsafe_quorum or quorum(self.n)
+        self.signer = signer
+        self.verifier = verifier
+        self.client_verifier = client_verifier
+        self.sm = state_machine
+        self.ticks = 0
+        self.evidence: list[str] = []
+        self.regency = 0
+        self.in_sync = False  # between installing a regency and accepting its SYNC
+        self.stop_sent = 0
+        self.failed_regencies = 0
+        self.regency_deadline = 0
+        self.stops: dict[int, set[int]] = {}
+        self.stop_data: dict[int, dict[int, StopData]] = {}
+        self.pending_sync: Sync | None = None
+        # Decided history since the stable checkpoint (or genesis).
+        self.base_height = 0
+        self.base_header = genesis.header
+        self.base_snapshot = genesis.snapshot
+        self.base_checkpoint: StableCheckpoint | None = None
+        self.log: dict[int, DecidedBlock] = {}
+        self.decided_height = 0
+        self.last_header = genesis.header
+        self.last_certificate: Certificate | None = None
+        # The instance at decided_height + 1.
+        self.proposals: dict[int, Block] = {}
+        self.writes: dict[tuple[int, bytes], dict[int, Write]] = {}
+        self.accepts: dict[tuple[int, bytes], dict[int, bytes]] = {}
+        self.votes: dict[tuple[str, int, int], bytes] = {}  # (kind, regency, height) -> digest
+        self.best_proof: WriteProof | None = None
+        self.speculative: bytes | None = None  # digest of the block executed on top
+        self.speculative_execution: Execution | None = None
+        # Requests and catch-up.
+        self.pending: dict[tuple[int, int], tuple[Request, int]] = {}
+        self.client_decided: dict[int, int] = {}
+        self.future: list[PeerMessage] = []
+        self.fetch_deadline = 0
+        self.fetch_peer = (self.id + 1) % self.n
+        self.pushed: set[tuple[int, int]] = set()  # (peer, height) catch-ups already sent
+        self.checkpoint_votes: dict[int, dict[int, CheckpointVote]] = {}
+        self.checkpoint_pending: dict[int, tuple[bytes, BlockHeader, Certificate]] = {}
+        self.resend: list[PeerMessage] = []  # own messages of the open instance / regency change
+        self.last_resend = 0
+        self.persist_seq = 0
+        self.durable_upto = 0
+        self._out = EffectsBuilder()
+        self._recover(records)
+
+    # ================================================================ driver API
+
+    def step(self, message: Message) -> Effects:
+        self._out = EffectsBuilder()
+        match message:
+            case Persisted(upto=upto):
+                assert upto <= self.persist_seq, (upto, self.persist_seq)
+                self.durable_upto = max(self.durable_upto, upto)
+            case Request():
+                self._on_request(message)
+            case (
+                Propose()
+                | Write()
+                | Accept()
+                | Stop()
+                | StopData()
+                | Sync()
+                | CheckpointVote()
+                | FetchBlocks()
+                | Blocks()
+            ):
+                self._on_peer(message)
+            case _:
+                assert_never(message)
+        self._maybe_propose()
+        self._check_invariants()
+        return self._out.build()
+
+    def tick(self) -> Effects:
+        self._out = EffectsBuilder()
+        self.ticks += 1
+        self._check_timeouts()
+        self._retransmit()
+        self._maybe_propose()
+        self._check_invariants()
+        return self._out.build()
+
+    @property
+    def leader(self) -> int:
+        return leader_of(self.regency, self.n)
+
+    @property
+    def height(self) -> int:
+        """The height being decided now."""
+        return self.decided_height + 1
+
+    def decided_block(self, height: int) -> DecidedBlock | None:
+        return self.log.get(height)
+
+    # ================================================================ plumbing
+
+    def _persist(self, record: PersistRecord) -> None:
+        self.persist_seq += 1
+        self._out.persist.append(record)
+
+    def _sign(self, message: _M) -> _M:
+        signature = self.signer.sign(canonical(message))
+        return dataclasses.replace(message, signature=signature)
+
+    def _broadcast(self, message: PeerMessage, remember: bool = True) -> None:
+        self._out.send.append(Send(to=None, message=message))
+        if remember:
+            self.resend.append(message)
+            del self.resend[:-16]  # bounded: the newest messages matter
+
+    def _retransmit(self) -> None:
+        """Lossy links: re-send the open instance's own votes; probe for newer blocks."""
+        if self.ticks % self.cfg.probe_ticks == 0:
+            self._fetch()
+        if self.ticks - self.last_resend < self.cfg.retransmit_ticks or not self.resend:
+            return
+        self.last_resend = self.ticks
+        for message in self.resend:
+            self._out.send.append(Send(to=None, message=message))
+
+    def _send(self, to: int, message: PeerMessage) -> None:
+        assert to != self.id
+        self._out.send.append(Send(to=to, message=message))
+
+    def _trace(self, text: str) -> None:
+        self._out.trace.append(f"r{self.id} {text}")
+
+    def _blame(self, sender: int, why: str) -> None:
+        """A peer or client sent something wrong: keep evidence, change nothing."""
+        self.evidence.append(f"from {sender}: {why}")
+        self._trace(f"evidence from {sender}: {why}")
+
+    def _authentic(self, message: PeerMessage) -> bool:
+        sender = message.sender
+        if not 0 <= sender < self.n or sender == self.id:
+            self._blame(sender, f"{type(message).__name__} from an impossible sender")
+            return False
+        if not self.verifier.verify(sender, canonical(message), message.signature):
+            self._blame(sender, f"{type(message).__name__} with a bad signature")
+            return False
+        return True
+
+    def _check_invariants(self) -> None:
+        assert self.decided_height >= self.base_height
+        assert self.last_header.height == self.decided_height
+        assert len(self.future) <= self.cfg.future_messages_max
+        assert len(self.pending) <= self.cfg.pending_requests_max
+        assert self.stop_sent <= self.regency + self.n + 1 or self.stop_sent >= self.regency
+        if self.speculative is not None:
+            assert self.speculative in {b.digest for b in self.proposals.values()}
+
+    # ================================================================ recovery
+
+    def _recover(self, records: Sequence[PersistRecord]) -> None:
+        """Rebuild from persisted records: checkpoint, decided blocks, votes, proofs."""
+        checkpoint = None
+        decided: dict[int, DecidedBlock] = {}
+        for record in records:
+            match record:
+                case RegencyRecord(regency=regency):
+                    self.regency = max(self.regency, regency)
+                    self.stop_sent = max(self.stop_sent, regency)
+                case VoteRecord(kind=kind, regency=regency, height=height, digest=digest):
+                    self.votes[(kind, regency, height)] = digest
+                case ProofRecord(proof=proof):
+                    if self.best_proof is None or (proof.height, proof.regency) > (
+                        self.best_proof.height,
+                        self.best_proof.regency,
+                    ):
+                        self.best_proof = proof
+                case DecidedRecord(decided=block):
+                    decided[block.block.header.height] = block
+                case CheckpointRecord(checkpoint=stable):
+                    if checkpoint is None or stable.height > checkpoint.height:
+                        checkpoint = stable
+                case _:
+                    assert_never(record)
+        self.persist_seq = self.durable_upto = len(records)
+        if checkpoint is not None:
+            self._install_checkpoint(checkpoint)
+        for height in sorted(decided):
+            if height == self.decided_height + 1:
+                self._apply_decided(decided[height], replaying=True)
+        if self.best_proof is not None and self.best_proof.height != self.height:
+            self.best_proof = None
+        self.in_sync = self.regency > 0  # wait for the regency's SYNC or the next one
+        self.regency_deadline = self.cfg.regency_timeout_ticks
+
+    # ================================================================ requests
+
+    def _on_request(self, request: Request) -> None:
+        if request.key in self.pending:
+            return
+        if request.request_number <= self.client_decided.get(request.client_id, -1):
+            return  # already decided: the client will get its reply from the others
+        if not self.client_verifier.verify(
+            request.client_id, canonical(request), request.signature
+        ):
+            self._blame(-1, f"request {request.key} with a bad client signature")
+            return
+        problem = self.sm.check_request(request)
+        if problem is not None:
+            self._blame(-1, f"request {request.key} cannot execute: {problem}")
+            return
+        if len(self.pending) >= self.cfg.pending_requests_max:
+            self._trace(f"dropped request {request.key}: pending queue full")
+            return
+        self.pending[request.key] = (request, self.ticks)
+
+    def _request_valid(self, request: Request) -> bool:
+        return (
+            self.client_verifier.verify(request.client_id, canonical(request), request.signature)
+            and self.sm.check_request(request) is None
+        )
+
+    # ================================================================ leader
+
+    def _maybe_propose(self) -> None:
+        if self.leader != self.id or self.in_sync or self.regency in self.proposals:
+            return
+        if not self.pending or self.votes.get(("write", self.regency, self.height)):
+            return
+        block = self._build_block(self._take_requests())
+        if block is None:
+            return
+        propose = self._sign(
+            Propose(sender=self.id, regency=self.regency, height=self.height, block=block)
+        )
+        self._trace(f"propose h{self.height} v{self.regency} {len(block.requests)} requests")
+        self._broadcast(propose)
+        self._accept_proposal(self.regency, block)
+
+    def _take_requests(self) -> list[Request]:
+        chosen: list[Request] = []
+        events = 0
+        for request, _ in self.pending.values():
+            if len(chosen) == self.cfg.block_requests_max:
+                break
+            if events + request.events > self.cfg.block_events_max:
+                continue
+            chosen.append(request)
+            events += request.events
+        return chosen
+
+    def _now_ns(self) -> int:
+        return self.cfg.genesis_ns + self.ticks * self.cfg.tick_ns
+
+    def _build_block(self, requests: list[Request]) -> Block | None:
+        """Execute on top of the decided state and seal the header."""
+        self._rollback_speculation()
+        first = max(self.sm.last_timestamp() + 1, self._now_ns())
+        header, execution = self._seal(requests, first)
+        block = Block(header=header, requests=tuple(requests))
+        self.speculative = block.digest
+        self.speculative_execution = execution
+        return block
+
+    def _seal(self, requests: Sequence[Request], first: int) -> tuple[BlockHeader, Execution]:
+        execution = self.sm.execute(requests, first)
+        records = [
+            r.transfers[i : i + RECORD_SIZE]
+            for r in requests
+            for i in range(0, len(r.transfers), RECORD_SIZE)
+        ]
+        header = BlockHeader(
+            height=self.height,
+            parent_hash=self.last_header.digest,
+            timestamp=first,
+            merkle_root=merkle_root(records),
+            log_size=self.last_header.log_size + len(records),
+            body_hash=digest_of(tuple(requests)),
+            results_hash=digest_of(execution.results),
+            state_hash=execution.state_hash,
+        )
+        return header, execution
+
+    # ================================================================ peers
+
+    def _on_peer(self, message: PeerMessage) -> None:
+        if not self._authentic(message):
+            return
+        match message:
+            case Propose():
+                self._on_propose(message)
+            case Write():
+                self._on_write(message)
+            case Accept():
+                self._on_accept(message)
+            case Stop():
+                self._on_stop(message)
+            case StopData():
+                self._on_stop_data(message)
+            case Sync():
+                self._on_sync(message)
+            case CheckpointVote():
+                self._on_checkpoint_vote(message)
+            case FetchBlocks():
+                self._on_fetch(message)
+            case Blocks():
+                self._on_blocks(message)
+            case _:
+                assert_never(message)
+
+    def _defer(self, message: PeerMessage) -> bool:
+        """Keep a message for a later height or regency; True when kept or dropped."""
+        height = getattr(message, "height", None)
+        regency = getattr(message, "regency", self.regency)
+        if height is not None and height < self.height:
+            self._push_catch_up(message.sender, height)
+            return True
+        if (height is not None and height > self.height) or regency > self.regency:
+            if height is not None and height > self.height + 1:
+                self._schedule_fetch(message.sender)
+            if len(self.future) < self.cfg.future_messages_max:
+                self.future.append(message)
+            return True
+        return False
+
+    def _replay_future(self) -> None:
+        kept, self.future = self.future, []
+        for message in kept:
+            self._on_peer_checked(message)
+
+    def _on_peer_checked(self, message: PeerMessage) -> None:
+        match message:
+            case Propose():
+                self._on_propose(message)
+            case Write():
+                self._on_write(message)
+            case Accept():
+                self._on_accept(message)
+            case Sync():
+                self._on_sync(message)
+            case StopData():
+                self._on_stop_data(message)
+            case _:
+                pass  # only height/regency-bound kinds are deferred
+
+    # ---------------------------------------------------------------- normal case
+
+    def _on_propose(self, propose: Propose) -> None:
+        if self._defer(propose):
+            return
+        if propose.regency < self.regency or self.in_sync:
+            return  # stale, or the regency has not been synchronised yet
+        if propose.sender != leader_of(propose.regency, self.n):
+            self._blame(propose.sender, f"PROPOSE from a non-leader in regency {propose.regency}")
+            return
+        if propose.height != propose.block.header.height:
+            self._blame(propose.sender, "PROPOSE height disagrees with its block")
+            return
+        known = self.proposals.get(propose.regency)
+        if known is not None:
+            if known.digest != propose.block.digest:
+                self._blame(propose.sender, f"equivocation at h{propose.height}")
+                self._start_regency_change(self.regency + 1)
+            return
+        problem = self._validate_block(propose.block)
+        if problem is not None:
+            self._blame(propose.sender, f"invalid proposal: {problem}")
+            self._start_regency_change(self.regency + 1)
+            return
+        self._accept_proposal(propose.regency, propose.block)
+
+    def _accept_proposal(self, regency: int, block: Block) -> None:
+        """Record the regency's block and WRITE for it (once per regency and height)."""
+        assert block.digest == self.speculative
+        self.proposals[regency] = block
+        key = ("write", regency, self.height)
+        if key in self.votes:
+            if self.votes[key] != block.digest:
+                return  # voted otherwise before a restart: never equivocate
+        else:
+            self.votes[key] = block.digest
+            self._persist(
+                VoteRecord(kind="write", regency=regency, height=self.height, digest=block.digest)
+            )
+        write = self._sign(
+            Write(sender=self.id, regency=regency, height=self.height, digest=block.digest)
+        )
+        self._broadcast(write)
+        self._record_write(write)
+        self._replay_future()
+
+    def _on_write(self, write: Write) -> None:
+        if self._defer(write):
+            return
+        if write.regency != self.regency:
+            return
+        self._record_write(write)
+
+    def _record_write(self, write: Write) -> None:
+        bucket = self.writes.setdefault((write.regency, write.digest), {})
+        bucket.setdefault(write.sender, write)
+        block = self.proposals.get(write.regency)
+        if block is None or block.digest != write.digest or len(bucket) < self.q:
+            return
+        key = ("accept", write.regency, self.height)
+        if key in self.votes:
+            return
+        proof = WriteProof(
+            regency=write.regency,
+            height=self.height,
+            block=block,
+            writes=tuple(bucket[s] for s in sorted(bucket))[: self.q],
+        )
+        self.best_proof = proof
+        self.votes[key] = write.digest
+        self._persist(ProofRecord(proof=proof))
+        self._persist(
+            VoteRecord(
+                kind="accept", regency=write.regency, height=self.height, digest=write.digest
+            )
+        )
+        accept = self._sign(
+            Accept(sender=self.id, regency=write.regency, height=self.height, digest=write.digest)
+        )
+        self._broadcast(accept)
+        self._record_accept(accept)
+
+    def _on_accept(self, accept: Accept) -> None:
+        if self._defer(accept):
+            return
+        self._record_accept(accept)
+
+    def _record_accept(self, accept: Accept) -> None:
+        bucket = self.accepts.setdefault((accept.regency, accept.digest), {})
+        bucket.setdefault(accept.sender, accept.signature)
+        if len(bucket) < self.q:
+            return
+        block = next((b for b in self.proposals.values() if b.digest == accept.digest), None)
+        if block is None:
+            self._schedule_fetch(accept.sender)  # decided elsewhere; we lack the block
+            return
+        certificate = Certificate(
+            regency=accept.regency,
+            height=self.height,
+            digest=accept.digest,
+            signatures=tuple(sorted(bucket.items()))[: self.q],
+        )
+        self._decide(DecidedBlock(block=block, certificate=certificate))
+
+    # ---------------------------------------------------------------- decisions
+
+    def _decide(self, decided: DecidedBlock) -> None:
+        assert decided.block.header.height == self.height
+        self._persist(DecidedRecord(decided=decided))
+        self._apply_decided(decided, replaying=False)
+        self._trace(
+            f"decide h{decided.block.header.height} "
+            f"{decided.block.digest.hex()[:12]} v{decided.certificate.regency}"
+        )
+        self._replay_future()
+
+    def _apply_decided(self, decided: DecidedBlock, replaying: bool) -> None:
+        block = decided.block
+        header = block.header
+        assert header.height == self.decided_height + 1
+        if self.speculative == block.digest and self.speculative_execution is not None:
+            execution = self.speculative_execution
+        else:
+            self._rollback_speculation()
+            execution = self.sm.execute(block.requests, header.timestamp)
+            assert execution.state_hash == header.state_hash, "decided block diverged"
+        self.speculative = None
+        self.speculative_execution = None
+        self.log[header.height] = decided
+        self.decided_height = header.height
+        self.last_header = header
+        self.last_certificate = decided.certificate
+        self.proposals.clear()
+        self.writes.clear()
+        self.accepts.clear()
+        self.best_proof = None
+        self.resend = [m for m in self.resend if isinstance(m, Stop | StopData)]
+        self.last_resend = self.ticks
+        self.votes = {k: v for k, v in self.votes.items() if k[2] > header.height}
+        for request in block.requests:
+            self.pending.pop(request.key, None)
+            previous = self.client_decided.get(request.client_id, -1)
+            self.client_decided[request.client_id] = max(previous, request.request_number)
+        if not replaying:
+            self._out.decided.append(decided)
+            self._reply(decided, execution)
+            if header.height % self.cfg.checkpoint_interval == 0:
+                self._vote_checkpoint(decided)
+        if self.pending:
+            # Fresh progress: the oldest waiting request gets a full timeout again.
+            self.pending = {k: (r, self.ticks) for k, (r, _) in self.pending.items()}
+
+    def _reply(self, decided: DecidedBlock, execution: Execution) -> None:
+        for request in decided.block.requests:
+            self._out.replies.append(
+                Reply(
+                    replica_id=self.id,
+                    client_id=request.client_id,
+                    request_number=request.request_number,
+                    header=decided.block.header,
+                    certificate=decided.certificate,
+                    results=execution.results,
+                )
+            )
+
+    # ---------------------------------------------------------------- validation
+
+    def _validate_block(self, block: Block) -> str | None:
+        """Why ``block`` cannot be the next block, or None after executing it."""
+        header = block.header
+        if header.height != self.height:
+            return f"height {header.height}, expected {self.height}"
+        if header.parent_hash != self.last_header.digest:
+            return "wrong parent hash"
+        if sum(r.events for r in block.requests) > self.cfg.block_events_max:
+            return "too many events"
+        keys = [r.key for r in block.requests]
+        if len(set(keys)) != len(keys):
+            return "a request appears twice"
+        for request in block.requests:
+            if not self._request_valid(request):
+                return f"request {request.key} is not a valid client request"
+        self._rollback_speculation()
+        if header.timestamp <= self.sm.last_timestamp():
+            return "timestamp does not advance"
+        if header.timestamp > self._now_ns() + self.cfg.timestamp_skew_max_ns:
+            return "timestamp too far ahead of this replica's clock"
+        if header.body_hash != digest_of(block.requests):
+            return "body hash mismatch"
+        expected, execution = self._seal(block.requests, header.timestamp)
+        self.speculative = block.digest
+        self.speculative_execution = execution
+        if expected != header:
+            self._rollback_speculation()
+            return "header does not match the block's execution"
+        return None
+
+    def _rollback_speculation(self) -> None:
+        """Undo a speculative execution: restore the checkpoint, replay decided blocks."""
+        if self.speculative is None:
+            return
+        self.sm.restore(self.base_snapshot, self.base_header.state_hash)
+        for height in range(self.base_height + 1, self.decided_height + 1):
+            block = self.log[height].block
+            execution = self.sm.execute(block.requests, block.header.timestamp)
+            assert execution.state_hash == block.header.state_hash
+        self.speculative = None
+        self.speculative_execution = None
+        self._trace(f"rolled back speculation at h{self.height}")
+
+    # ================================================================ regency change
+
+    def _check_timeouts(self) -> None:
+        if self.fetch_deadline and self.ticks >= self.fetch_deadline:
+            self.fetch_deadline = 0
+            self._fetch()
+        if self.in_sync or self.stop_sent > self.regency:
+            if self.ticks >= self.regency_deadline:
+                self.failed_regencies += 1
+                self._start_regency_change(max(self.stop_sent, self.regency) + 1)
+            return
+        if not self.pending:
+            return
+        oldest = min(arrival for _, arrival in self.pending.values())
+        if self.ticks - oldest >= self.cfg.request_timeout_ticks:
+            self._trace(f"request timeout in regency {self.regency}")
+            self._start_regency_change(self.regency + 1)
+
+    def _start_regency_change(self, regency: int) -> None:
+        if regency <= self.stop_sent:
+            return
+        self.stop_sent = regency
+        self.regency_deadline = self.ticks + self._regency_timeout()
+        stop = self._sign(Stop(sender=self.id, regency=regency))
+        self._broadcast(stop)
+        self._record_stop(stop)
+
+    def _regency_timeout(self) -> int:
+        return self.cfg.regency_timeout_ticks << min(self.failed_regencies, 6)
+
+    def _on_stop(self, stop: Stop) -> None:
+        if stop.regency <= self.regency or stop.regency > self.regency + self.n + 1:
+            return  # stale, or absurdly far ahead (bounds the memory a peer can claim)
+        self._record_stop(stop)
+
+    def _record_stop(self, stop: Stop) -> None:
+        senders = self.stops.setdefault(stop.regency, set())
+        senders.add(stop.sender)
+        if len(senders) >= self.f + 1 and stop.regency > self.stop_sent:
+            self._start_regency_change(stop.regency)  # f + 1 include an honest replica: join
+        if len(senders) >= self.q and stop.regency > self.regency:
+            self._install_regency(stop.regency)
+
+    def _install_regency(self, regency: int) -> None:
+        self.regency = regency
+        self.stop_sent = max(self.stop_sent, regency)
+        self.in_sync = True
+        self.regency_deadline = self.ticks + self._regency_timeout()
+        self.stops = {r: s for r, s in self.stops.items() if r > regency}
+        self._persist(RegencyRecord(regency=regency))
+        self._trace(f"install regency {regency} (leader {self.leader})")
+        stop_data = self._sign(
+            StopData(
+                sender=self.id,
+                regency=regency,
+                decided_height=self.decided_height,
+                decided_header=self.last_header,
+                decided_certificate=self.last_certificate,
+                proof=self.best_proof,
+            )
+        )
+        if self.leader == self.id:
+            self.stop_data.setdefault(regency, {})[self.id] = stop_data
+            self._maybe_sync()
+        else:
+            self._send(self.leader, stop_data)
+            self.resend = [m for m in self.resend if not isinstance(m, StopData)]
+            self.resend.append(stop_data)
+        self._replay_future()
+
+    def _on_stop_data(self, stop_data: StopData) -> None:
+        if stop_data.regency < self.regency or leader_of(stop_data.regency, self.n) != self.id:
+            return
+        if stop_data.regency > self.regency:
+            if len(self.future) < self.cfg.future_messages_max:
+                self.future.append(stop_data)
+            return
+        problem = self._stop_data_problem(stop_data)
+        if problem is not None:
+            self._blame(stop_data.sender, f"lying STOP-DATA: {problem}")
+            return
+        self.stop_data.setdefault(stop_data.regency, {})[stop_data.sender] = stop_data
+        self._maybe_sync()
+
+    def _stop_data_problem(self, stop_data: StopData) -> str | None:
+        header = stop_data.decided_header
+        cert = stop_data.decided_certificate
+        if header.height != stop_data.decided_height:
+            return "decided header for another height"
+        if stop_data.decided_height > 0 and (
+            cert is None
+            or cert.digest != header.digest
+            or cert.height != header.height
+            or not certificates.verify(cert, self.verifier, self.n)
+        ):
+            return "claims a decision it cannot show"
+        proof = stop_data.proof
+        if proof is not None:
+            if proof.height != stop_data.decided_height + 1:
+                return "write proof for the wrong height"
+            if not self._proof_valid(proof):
+                return "forged write proof"
+        return None
+
+    def _certified(self, decided: DecidedBlock) -> bool:
+        cert = decided.certificate
+        return (
+            cert.digest == decided.block.digest
+            and cert.height == decided.block.header.height
+            and certificates.verify(cert, self.verifier, self.n)
+        )
+
+    def _proof_valid(self, proof: WriteProof) -> bool:
+        digest = proof.block.digest
+        senders = set()
+        for write in proof.writes:
+            if (write.regency, write.height, write.digest) != (proof.regency, proof.height, digest):
+                return False
+            if not 0 <= write.sender < self.n or write.sender in senders:
+                return False
+            if not self.verifier.verify(write.sender, canonical(write), write.signature):
+                return False
+            senders.add(write.sender)
+        return len(senders) >= self.q and proof.block.header.height == proof.height
+
+    def _sync_choice(self, stop_data: Iterable[StopData]) -> tuple[int, WriteProof | None]:
+        """(height to synchronise, the proof whose block must be re-proposed or None)."""
+        entries = list(stop_data)
+        decided_max = max(s.decided_height for s in entries)
+        proofs = [
+            s.proof for s in entries if s.proof is not None and s.proof.height == decided_max + 1
+        ]
+        if not proofs or self.cfg.unsafe_skip_sync_reproposal:
+            return decided_max + 1, None
+        best = max(proofs, key=lambda p: (p.regency, p.block.digest))
+        return decided_max + 1, best
+
+    def _maybe_sync(self) -> None:
+        collected = self.stop_data.get(self.regency, {})
+        if not self.in_sync or len(collected) < self.q or self.leader != self.id:
+            return
+        chosen = [collected[s] for s in sorted(collected)][: self.q]
+        height, proof = self._sync_choice(chosen)
+        if height != self.height:
+            if height > self.height:
+                self._catch_up_from(chosen)
+            if height != self.height:
+                return  # still behind: wait for blocks
+        if proof is not None:
+            block = proof.block
+            if (problem := self._validate_block(block)) is not None:
+                self._trace(f"cannot re-propose: {problem}")
+                return
+        else:
+            built = self._build_block(self._take_requests())
+            assert built is not None
+            block = built
+        sync = self._sign(
+            Sync(
+                sender=self.id,
+                regency=self.regency,
+                height=height,
+                block=block,
+                stop_data=tuple(chosen),
+            )
+        )
+        self._trace(f"sync h{height} v{self.regency} reproposal={proof is not None}")
+        self.resend = []
+        self._broadcast(sync)
+        self.in_sync = False
+        self.stop_data.pop(self.regency, None)
+        self._accept_proposal(self.regency, block)
+
+    def _catch_up_from(self, stop_data: Sequence[StopData]) -> None:
+        """Fetch the decided blocks the STOP-DATAs prove exist and this replica lacks."""
+        ahead = max(stop_data, key=lambda s: s.decided_height)
+        if ahead.decided_height > self.decided_height:
+            self._schedule_fetch(ahead.sender)
+
+    def _on_sync(self, sync: Sync) -> None:
+        if sync.regency < self.regency or (sync.regency == self.regency and not self.in_sync):
+            return
+        if sync.sender != leader_of(sync.regency, self.n):
+            self._blame(sync.sender, "SYNC from a non-leader")
+            return
+        problem = self._sync_problem(sync)
+        if problem is not None:
+            self._blame(sync.sender, f"lying SYNC: {problem}")
+            return
+        if sync.regency > self.regency:
+            # q valid STOP-DATAs prove q replicas moved: follow them.
+            self.regency = sync.regency
+            self.stop_sent = max(self.stop_sent, sync.regency)
+            self._persist(RegencyRecord(regency=sync.regency))
+        height, _ = self._sync_choice(sync.stop_data)
+        if height > self.height:
+            self._catch_up_from(sync.stop_data)
+        if height < self.height:
+            self.in_sync = False  # already decided here; carry on in this regency
+            return
+        if height > self.height:
+            self.pending_sync = sync  # re-tried once the missing blocks arrive
+            return
+        block_problem = self._validate_block(sync.block)
+        if block_problem is not None:
+            self._blame(sync.sender, f"SYNC block invalid: {block_problem}")
+            self._start_regency_change(self.regency + 1)
+            return
+        self.in_sync = False
+        self.pending_sync = None
+        self.resend = []
+        self._trace(f"accept sync h{sync.height} v{sync.regency}")
+        self._accept_proposal(sync.regency, sync.block)
+
+    def _sync_problem(self, sync: Sync) -> str | None:
+        senders = set()
+        for entry in sync.stop_data:
+            if entry.regency != sync.regency or entry.sender in senders:
+                return "STOP-DATA for another regency or repeated"
+            if entry.sender != self.id and not (
+                0 <= entry.sender < self.n
+                and self.verifier.verify(entry.sender, canonical(entry), entry.signature)
+            ):
+                return "unsigned STOP-DATA"
+            if self._stop_data_problem(entry) is not None:
+                return "STOP-DATA with a bad proof"
+            senders.add(entry.sender)
+        if len(senders) < self.q:
+            return f"{len(senders)} STOP-DATAs, {self.q} needed"
+        height, proof = self._sync_choice(sync.stop_data)
+        if sync.height != height or sync.block.header.height != height:
+            return f"height {sync.height}, the STOP-DATAs require {height}"
+        if proof is not None and proof.block.digest != sync.block.digest:
+            return "did not re-propose the block of the highest write proof"
+        return None
+
+    # ================================================================ checkpoints
+
+    def _vote_checkpoint(self, decided: DecidedBlock) -> None:
+        header = decided.block.header
+        self.checkpoint_pending[header.height] = (self.sm.snapshot(), header, decided.certificate)
+        vote = self._sign(
+            CheckpointVote(sender=self.id, height=header.height, state_hash=header.state_hash)
+        )
+        self._broadcast(vote, remember=False)
+        self._record_checkpoint_vote(vote)
+
+    def _on_checkpoint_vote(self, vote: CheckpointVote) -> None:
+        if vote.height <= self.base_height or vote.height > self.height + 4 * (
+            self.cfg.checkpoint_interval
+        ):
+            return
+        self._record_checkpoint_vote(vote)
+
+    def _record_checkpoint_vote(self, vote: CheckpointVote) -> None:
+        votes = self.checkpoint_votes.setdefault(vote.height, {})
+        votes.setdefault(vote.sender, vote)
+        pending = self.checkpoint_pending.get(vote.height)
+        if pending is None:
+            return
+        snapshot, header, cert = pending
+        matching = [v for v in votes.values() if v.state_hash == header.state_hash]
+        if len(matching) < self.q:
+            return
+        stable = StableCheckpoint(
+            height=header.height,
+            header=header,
+            certificate=cert,
+            snapshot=snapshot,
+            votes=tuple(sorted(matching, key=lambda v: v.sender))[: self.q],
+        )
+        self._persist(CheckpointRecord(checkpoint=stable))
+        self._make_stable(stable)
+        self._trace(f"checkpoint h{stable.height} stable")
+
+    def _make_stable(self, stable: StableCheckpoint) -> None:
+        self.base_height = stable.height
+        self.base_header = stable.header
+        self.base_snapshot = stable.snapshot
+        self.base_checkpoint = stable
+        self.log = {h: b for h, b in self.log.items() if h > stable.height}
+        self.checkpoint_pending = {
+            h: p for h, p in self.checkpoint_pending.items() if h > stable.height
+        }
+        self.checkpoint_votes = {
+            h: v for h, v in self.checkpoint_votes.items() if h > stable.height
+        }
+
+    def _install_checkpoint(self, stable: StableCheckpoint) -> None:
+        self.sm.restore(stable.snapshot, stable.header.state_hash)
+        self._make_stable(stable)
+        self.decided_height = stable.height
+        self.last_header = stable.header
+        self.last_certificate = stable.certificate
+        self.speculative = None
+        self.speculative_execution = None
+
+    def _checkpoint_valid(self, stable: StableCheckpoint) -> bool:
+        senders = set()
+        for vote in stable.votes:
+            if (vote.height, vote.state_hash) != (stable.height, stable.header.state_hash):
+                return False
+            if not 0 <= vote.sender < self.n or vote.sender in senders:
+                return False
+            if not self.verifier.verify(vote.sender, canonical(vote), vote.signature):
+                return False
+            senders.add(vote.sender)
+        cert = stable.certificate
+        return (
+            len(senders) >= self.q
+            and cert.digest == stable.header.digest
+            and cert.height == stable.height
+            and certificates.verify(cert, self.verifier, self.n)
+        )
+
+    # ================================================================ catch-up
+
+    def _schedule_fetch(self, peer: int) -> None:
+        if peer != self.id and 0 <= peer < self.n:
+            self.fetch_peer = peer
+        if not self.fetch_deadline:
+            self.fetch_deadline = self.ticks + 1
+
+    def _fetch(self) -> None:
+        if self.fetch_peer == self.id:
+            self.fetch_peer = (self.id + 1) % self.n
+        self._send(
+            self.fetch_peer,
+            self._sign(FetchBlocks(sender=self.id, after_height=self.decided_height)),
+        )
+        self.fetch_peer = (self.fetch_peer + 1) % self.n
+        self._trace(f"fetch after h{self.decided_height}")
+
+    def _push_catch_up(self, peer: int, height: int) -> None:
+        if (peer, height) in self.pushed or height > self.decided_height:
+            return
+        if len(self.pushed) > 4 * self.n * self.cfg.fetch_blocks_max:
+            self.pushed.clear()
+        self.pushed.add((peer, height))
+        self._answer_fetch(peer, height - 1)
+
+    def _on_fetch(self, fetch: FetchBlocks) -> None:
+        if fetch.after_height < self.decided_height:
+            self._answer_fetch(fetch.sender, fetch.after_height)
+
+    def _answer_fetch(self, peer: int, after_height: int) -> None:
+        checkpoint = None
+        start = after_height + 1
+        if start <= self.base_height:
+            checkpoint = self.base_checkpoint
+            if checkpoint is None:
+                return  # genesis base: nothing older to send
+            start = checkpoint.height + 1
+        blocks = tuple(self.log[h] for h in range(start, self.decided_height + 1) if h in self.log)[
+            : self.cfg.fetch_blocks_max
+        ]
+        self._send(peer, self._sign(Blocks(sender=self.id, checkpoint=checkpoint, blocks=blocks)))
+
+    def _on_blocks(self, answer: Blocks) -> None:
+        progressed = False
+        stable = answer.checkpoint
+        if stable is not None and stable.height > self.decided_height:
+            if not self._checkpoint_valid(stable):
+                self._blame(answer.sender, "forged checkpoint")
+                return
+            try:
+                self._rollback_speculation()
+                self._install_checkpoint(stable)
+            except ValueError as error:
+                self._blame(answer.sender, f"checkpoint snapshot rejected: {error}")
+                self.sm.restore(self.base_snapshot, self.base_header.state_hash)
+                return
+            self._persist(CheckpointRecord(checkpoint=stable))
+            self._reset_instance()
+            progressed = True
+        for decided in answer.blocks:
+            header = decided.block.header
+            if header.height != self.height:
+                continue
+            if header.parent_hash != self.last_header.digest or not self._certified(decided):
+                self._blame(answer.sender, f"uncertified block at h{header.height}")
+                return
+            self._persist(DecidedRecord(decided=decided))
+            self._apply_decided(decided, replaying=False)
+            progressed = True
+        if progressed:
+            self._trace(f"caught up to h{self.decided_height} from {answer.sender}")
+            sync = self.pending_sync
+            self.pending_sync = None
+            if sync is not None:
+                self._on_sync(sync)
+            self._replay_future()
+            self._maybe_sync()
+
+    def _reset_instance(self) -> None:
+        self.proposals.clear()
+        self.writes.clear()
+        self.accepts.clear()
+        self.best_proof = None

@@ -1,0 +1,89 @@
+"""Effects: what one ``step`` or ``tick`` of a core asks its driver to do.
+
+Ordering contract (after etcd-io/raft's ``Ready``): every record in
+``persist`` must be durable BEFORE any message in ``send`` leaves the process
+and before any reply reaches a client; the driver then steps
+``Persisted(upto=...)`` back in.  ``decided`` and ``trace`` are for observers
+(the simulator's checkers, metrics) and carry no obligation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from consensus.messages import (
+    DecidedBlock,
+    PeerMessage,
+    Reply,
+    StableCheckpoint,
+    WriteProof,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegencyRecord:
+    regency: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteRecord:
+    """A WRITE or ACCEPT this replica sent: it must never vote otherwise after a restart."""
+
+    kind: str  # "write" | "accept"
+    regency: int
+    height: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProofRecord:
+    proof: WriteProof
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecidedRecord:
+    decided: DecidedBlock
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointRecord:
+    checkpoint: StableCheckpoint
+
+
+PersistRecord: TypeAlias = (
+    RegencyRecord | VoteRecord | ProofRecord | DecidedRecord | CheckpointRecord
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    to: int | None  # None: every other replica
+    message: PeerMessage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Effects:
+    persist: tuple[PersistRecord, ...] = ()
+    send: tuple[Send, ...] = ()
+    replies: tuple[Reply, ...] = ()
+    decided: tuple[DecidedBlock, ...] = ()
+    trace: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class EffectsBuilder:
+    persist: list[PersistRecord] = field(default_factory=list)
+    send: list[Send] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    decided: list[DecidedBlock] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+
+    def build(self) -> Effects:
+        return Effects(
+            persist=tuple(self.persist),
+            send=tuple(self.send),
+            replies=tuple(self.replies),
+            decided=tuple(self.decided),
+            trace=tuple(self.trace),
+        )

@@ -1,0 +1,55 @@
+"""Canonical, injective encoding of protocol values for hashing and signing.
+
+Guarantees: ``canonical(value)`` is a pure function; two values encode to the
+same bytes only if they are equal (every item carries a type tag and a
+length, dataclasses carry their class name and field names).  Supported:
+int (any sign), bytes, str, bool, None, tuples, and frozen dataclasses of
+those.  Fields named ``signature`` are left out, so a message's signing bytes
+are ``canonical(message)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SIGNATURE_FIELD = "signature"
+
+
+def canonical(value: Any) -> bytes:
+    out: list[bytes] = []
+    _encode(value, out)
+    return b"".join(out)
+
+
+def _length(n: int) -> bytes:
+    return n.to_bytes(4, "big")
+
+
+def _encode(value: Any, out: list[bytes]) -> None:
+    if value is None:
+        out.append(b"N")
+    elif value is True or value is False:
+        out.append(b"T" if value else b"F")
+    elif type(value) is int or isinstance(value, int):
+        raw = int(value).to_bytes((int(value).bit_length() + 8) // 8 or 1, "big", signed=True)
+        out += (b"i", _length(len(raw)), raw)
+    elif isinstance(value, bytes):
+        out += (b"b", _length(len(value)), value)
+    elif isinstance(value, str):
+        raw = value.encode()
+        out += (b"s", _length(len(raw)), raw)
+    elif isinstance(value, tuple):
+        out += (b"t", _length(len(value)))
+        for item in value:
+            _encode(item, out)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__.encode()
+        fields = [f for f in dataclasses.fields(value) if f.name != SIGNATURE_FIELD]
+        out += (b"d", _length(len(name)), name, _length(len(fields)))
+        for field in fields:
+            key = field.name.encode()
+            out += (_length(len(key)), key)
+            _encode(getattr(value, field.name), out)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} canonically")

@@ -1,0 +1,352 @@
+"""Protocol messages: frozen, typed, validated on construction.
+
+Guarantees: every message that exists has fields of the right types and
+sizes (digests 32 bytes, signatures at most 64 bytes, ids and heights
+non-negative), so a handler never meets a malformed shape; whether a message
+is *authentic* and *timely* is the replica's business (signatures are
+checked against ``canonical(message)``, which leaves the signature out).
+Sizes are bounded: a block holds at most ``REQUESTS_PER_BLOCK_MAX`` requests
+and a request at most ``ledger.BATCH_EVENTS_MAX`` transfers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from consensus.encoding import canonical
+from ledger import BATCH_EVENTS_MAX
+
+DIGEST_SIZE = 32
+REQUESTS_PER_BLOCK_MAX = 256
+RECORD_SIZE = 128
+SIGNATURE_SIZE_MAX = 64
+CERTIFICATE_SIGNERS_MAX = 1024
+
+
+class MessageError(ValueError):
+    """A message whose shape is wrong; raised on construction."""
+
+
+def _nat(name: str, value: object) -> None:
+    if type(value) is not int or value < 0:
+        raise MessageError(f"{name} must be a non-negative int, got {value!r}")
+
+
+def _digest(name: str, value: object) -> None:
+    if type(value) is not bytes or len(value) != DIGEST_SIZE:
+        raise MessageError(f"{name} must be {DIGEST_SIZE} bytes")
+
+
+def _signature(value: object) -> None:
+    if type(value) is not bytes or len(value) > SIGNATURE_SIZE_MAX:
+        raise MessageError("signature must be at most 64 bytes")
+
+
+def digest_of(value: object) -> bytes:
+    return hashlib.sha256(canonical(value)).digest()
+
+
+# ------------------------------------------------------------------ client side
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """A client's signed batch of transfers (canonical 128-byte records)."""
+
+    client_id: int
+    request_number: int  # strictly increasing per client; replicas drop old numbers
+    transfers: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("client_id", self.client_id)
+        _nat("request_number", self.request_number)
+        if type(self.transfers) is not bytes or not self.transfers:
+            raise MessageError("transfers must be non-empty bytes")
+        if len(self.transfers) % RECORD_SIZE or len(self.transfers) > (
+            BATCH_EVENTS_MAX * RECORD_SIZE
+        ):
+            raise MessageError("transfers must be 1..8189 records of 128 bytes")
+        _signature(self.signature)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.client_id, self.request_number)
+
+    @property
+    def events(self) -> int:
+        return len(self.transfers) // RECORD_SIZE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """A replica's answer: the block's header, its certificate and the results table."""
+
+    replica_id: int
+    client_id: int
+    request_number: int
+    header: BlockHeader
+    certificate: Certificate
+    results: tuple[tuple[int, int, bytes], ...]  # (client, request, result codes u8 each)
+
+
+# ------------------------------------------------------------------------ blocks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockHeader:
+    height: int
+    parent_hash: bytes
+    timestamp: int  # the first event's ledger timestamp, stamped by the leader
+    merkle_root: bytes  # RFC 9162 over the block's transfer records
+    log_size: int  # transfer records in all blocks up to and including this one
+    body_hash: bytes  # commits to the requests (client ids, numbers, signatures)
+    results_hash: bytes  # commits to every event's result code
+    state_hash: bytes  # the ledger's state hash after applying this block
+
+    def __post_init__(self) -> None:
+        _nat("height", self.height)
+        _nat("timestamp", self.timestamp)
+        _nat("log_size", self.log_size)
+        for name in ("parent_hash", "merkle_root", "body_hash", "results_hash", "state_hash"):
+            _digest(name, getattr(self, name))
+
+    @property
+    def digest(self) -> bytes:
+        return digest_of(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Block:
+    header: BlockHeader
+    requests: tuple[Request, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.header, BlockHeader):
+            raise MessageError("header must be a BlockHeader")
+        if type(self.requests) is not tuple or len(self.requests) > REQUESTS_PER_BLOCK_MAX:
+            raise MessageError(f"a block holds at most {REQUESTS_PER_BLOCK_MAX} requests")
+        if not all(isinstance(r, Request) for r in self.requests):
+            raise MessageError("requests must be Request values")
+
+    @property
+    def digest(self) -> bytes:
+        return self.header.digest
+
+    @property
+    def events(self) -> int:
+        return sum(r.events for r in self.requests)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Certificate:
+    """q signed ACCEPTs for one (regency, height, digest): proof that a block was decided."""
+
+    regency: int
+    height: int
+    digest: bytes
+    signatures: tuple[tuple[int, bytes], ...]  # (replica id, signature over the Accept)
+
+    def __post_init__(self) -> None:
+        _nat("regency", self.regency)
+        _nat("height", self.height)
+        _digest("digest", self.digest)
+        if type(self.signatures) is not tuple or len(self.signatures) > CERTIFICATE_SIGNERS_MAX:
+            raise MessageError("signatures must be a bounded tuple")
+        for entry in self.signatures:
+            if type(entry) is not tuple or len(entry) != 2:
+                raise MessageError("each signature entry is (replica id, signature)")
+            _nat("signer", entry[0])
+            _signature(entry[1])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecidedBlock:
+    block: Block
+    certificate: Certificate
+
+
+# ------------------------------------------------------------- replica to replica
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Propose:
+    sender: int
+    regency: int
+    height: int
+    block: Block
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("regency", self.regency)
+        _nat("height", self.height)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Write:
+    sender: int
+    regency: int
+    height: int
+    digest: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("regency", self.regency)
+        _nat("height", self.height)
+        _digest("digest", self.digest)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    sender: int
+    regency: int
+    height: int
+    digest: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("regency", self.regency)
+        _nat("height", self.height)
+        _digest("digest", self.digest)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stop:
+    """Vote to leave the current regency for ``regency``."""
+
+    sender: int
+    regency: int
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("regency", self.regency)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteProof:
+    """q signed WRITEs for one block in one regency: the block may have been decided."""
+
+    regency: int
+    height: int
+    block: Block
+    writes: tuple[Write, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopData:
+    """What a replica knows when a regency begins: its last decision and best write proof."""
+
+    sender: int
+    regency: int
+    decided_height: int
+    decided_header: BlockHeader  # the header at decided_height ...
+    decided_certificate: Certificate | None  # ... and its certificate (None at genesis)
+    proof: WriteProof | None  # for decided_height + 1, the highest-regency proof it holds
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("regency", self.regency)
+        _nat("decided_height", self.decided_height)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sync:
+    """The new leader's proposal for a regency, justified by q STOP-DATAs."""
+
+    sender: int
+    regency: int
+    height: int
+    block: Block
+    stop_data: tuple[StopData, ...]
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("regency", self.regency)
+        _nat("height", self.height)
+        if type(self.stop_data) is not tuple or len(self.stop_data) > CERTIFICATE_SIGNERS_MAX:
+            raise MessageError("stop_data must be a bounded tuple")
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointVote:
+    sender: int
+    height: int
+    state_hash: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("height", self.height)
+        _digest("state_hash", self.state_hash)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchBlocks:
+    """Ask a peer for decided blocks after ``after_height`` (catch-up)."""
+
+    sender: int
+    after_height: int
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("after_height", self.after_height)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StableCheckpoint:
+    """A snapshot at ``height`` whose state hash q replicas signed."""
+
+    height: int
+    header: BlockHeader  # the header of the block at ``height``
+    certificate: Certificate  # that header was decided
+    snapshot: bytes
+    votes: tuple[CheckpointVote, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Blocks:
+    """Catch-up answer: optionally a stable checkpoint, then decided blocks in order."""
+
+    sender: int
+    checkpoint: StableCheckpoint | None
+    blocks: tuple[DecidedBlock, ...]
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        if type(self.blocks) is not tuple:
+            raise MessageError("blocks must be a tuple")
+        _signature(self.signature)
+
+
+# ---------------------------------------------------------------- driver inputs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Persisted:
+    """The driver's word that every persist record up to ``upto`` is durable."""
+
+    upto: int
+
+
+PeerMessage: TypeAlias = (
+    Propose | Write | Accept | Stop | StopData | Sync | CheckpointVote | FetchBlocks | Blocks
+)
+Message: TypeAlias = PeerMessage | Request | Persisted

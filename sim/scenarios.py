@@ -1,0 +1,103 @@
+"""Named scenarios: a network profile, Byzantine replicas and a fault schedule.
+
+A fault schedule is a list of (tick, action) pairs; actions are plain tuples
+so a scenario reads as data.  Every scenario heals by ``heal_tick``, after
+which the liveness phase runs: no new faults, no new requests, and every
+submitted request must be answered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sim.network import NetworkProfile
+
+# Actions: ("crash", replica) | ("restart", replica) | ("crash_leader",) |
+# ("cut", a, b) one direction | ("isolate", replica) both directions |
+# ("partial", replica) cut the replica from everyone but the current leader | ("heal",) |
+# ("restart_all",) restart every crashed replica
+Action = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    name: str
+    summary: str
+    network: NetworkProfile = field(default_factory=NetworkProfile)
+    byzantine: tuple[str, ...] = ()  # behaviours, given to the highest replica ids
+    byzantine_leads: bool = False  # give them the lowest ids instead: replica 0 leads first
+    schedule: tuple[tuple[int, Action], ...] = ()
+    workload_ticks: int = 300
+    heal_tick: int = 300
+    clients: int = 3
+    transfers_per_request: int = 4
+    liveness_ticks_max: int = 1500
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(name="happy", summary="no faults: the normal case only"),
+        Scenario(
+            name="leader-crash",
+            summary="the leader crashes mid-run; a regency change elects the next; it restarts",
+            schedule=((60, ("crash_leader",)), (240, ("restart_all",))),
+            heal_tick=240,
+        ),
+        Scenario(
+            name="equivocating-leader",
+            summary="a Byzantine leader proposes two different blocks to two halves",
+            byzantine=("equivocate",),
+            byzantine_leads=True,
+        ),
+        Scenario(
+            name="partial-partition",
+            summary="one replica reaches only the leader, not the others; then heal",
+            schedule=((40, ("partial", 1)), (220, ("heal",))),
+            heal_tick=220,
+        ),
+        Scenario(
+            name="crash-restart-catch-up",
+            summary="a replica is down across several checkpoints, restarts and catches up",
+            schedule=((30, ("crash", 3)), (260, ("restart", 3))),
+            heal_tick=260,
+            workload_ticks=320,
+        ),
+        Scenario(
+            name="lossy-network",
+            summary="10% loss, 5% duplication and reordering on every link",
+            network=NetworkProfile(
+                delay_ticks_max=4, loss=0.10, duplication=0.05, reorder_ticks_max=3
+            ),
+        ),
+        Scenario(
+            name="byzantine-stopdata",
+            summary="a Byzantine replica lies in STOP-DATA and SYNC while leaders crash",
+            byzantine=("lying-stopdata",),
+            schedule=((50, ("crash_leader",)), (200, ("restart_all",))),
+            heal_tick=200,
+        ),
+        Scenario(
+            name="forged-messages",
+            summary="a Byzantine replica forges senders, flips signature bits, pushes STOPs",
+            byzantine=("forge",),
+        ),
+        Scenario(
+            name="replayed-messages",
+            summary="a Byzantine replica replays stale messages of others",
+            byzantine=("replay",),
+            network=NetworkProfile(delay_ticks_max=3, loss=0.02),
+        ),
+        Scenario(
+            name="bad-header-leader",
+            summary="a Byzantine leader proposes wrong parent hashes or far-future timestamps",
+            byzantine=("bad-header",),
+            byzantine_leads=True,
+        ),
+        Scenario(
+            name="silent-replica",
+            summary="a Byzantine replica never sends anything; the rest must still decide",
+            byzantine=("silent",),
+        ),
+    ]
+}

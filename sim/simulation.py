@@ -1,0 +1,497 @@
+"""The deterministic simulation: replicas, clients, faults and checkers in one process.
+
+Guarantees: one ``random.Random(seed)`` drives everything (network, faults,
+workload, Byzantine choices) and keys derive from the seed, so the same seed
+gives the same run and the same trace hash.  The replicas are the real
+``BftReplica`` cores over real ledgers; only the network, the disk and the
+clock are simulated.  Checkers run after every event; the first violation
+stops the run and names the command that replays it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from consensus import certificate as certificates
+from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, genesis_header
+from consensus.crypto import Ed25519Signer, Ed25519Verifier
+from consensus.effects import Effects, PersistRecord
+from consensus.encoding import canonical
+from consensus.messages import (
+    DecidedBlock,
+    Message,
+    Persisted,
+    Reply,
+    Request,
+    digest_of,
+)
+from consensus.quorum import faults_tolerated, leader_of
+from finality.executor import LedgerExecutor
+from ledger import Account, AccountFlags, Ledger, Transfer, TransferFlags, encode_transfers
+from sim.byzantine import ByzantineReplica
+from sim.network import Network
+from sim.scenarios import SCENARIOS, Scenario
+
+GENESIS_NS = 1_800_000_000 * 10**9  # a fixed wall-clock epoch for the simulated ledger
+OK_CODES = (0, 46)  # ok, exists: the transfer is in the ledger
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    seed: int
+    scenario: str = "happy"
+    replicas: int = 4
+    byzantine: int | None = None  # None: as many as the scenario names (at most f)
+    checkpoint_interval: int = 8
+    accounts: int = 16
+    request_rate: float = 0.5  # chance per tick that an idle client submits
+    record_trace: bool = False
+    # Deliberately unsafe protocol variants, for tests that prove the checkers work.
+    unsafe_quorum: int | None = None
+    unsafe_skip_sync_reproposal: bool = False
+
+    def replay_command(self) -> str:
+        extra = ""
+        if self.byzantine is not None:
+            extra = f" --byzantine {self.byzantine}"
+        return (
+            f"aegis sim run --seed {self.seed} --scenario {self.scenario} "
+            f"--replicas {self.replicas}{extra}"
+        )
+
+
+@dataclass(slots=True)
+class SimResult:
+    config: SimConfig
+    ticks: int = 0
+    blocks_decided: int = 0
+    transfers_committed: int = 0
+    requests_submitted: int = 0
+    requests_acknowledged: int = 0
+    regency_changes: int = 0
+    messages_sent: int = 0
+    messages_dropped: int = 0
+    evidence: int = 0
+    failures: list[str] = field(default_factory=list)
+    checks: dict[str, str] = field(default_factory=dict)
+    trace_hash: str = ""
+    trace: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class CheckFailure(Exception):
+    """A safety or liveness checker found a violation."""
+
+
+class SimClient:
+    """A client with one outstanding request, retried with the same number."""
+
+    def __init__(self, client_id: int, sim: Simulation) -> None:
+        self.id = client_id
+        self.sim = sim
+        self.signer = sim.client_signers[client_id]
+        self.next_number = 1
+        self.next_transfer = 1
+        self.outstanding: Request | None = None
+        self.sent_tick = 0
+        self.acked: dict[tuple[int, int], bytes] = {}
+        self.retry_ticks = 40
+
+    def act(self, now: int, submitting: bool) -> None:
+        if self.outstanding is None:
+            if submitting and self.sim.rng.random() < self.sim.config.request_rate:
+                self.outstanding = self._new_request()
+                self.sim.submitted[self.outstanding.key] = self.outstanding
+                self._broadcast(now)
+        elif now - self.sent_tick >= self.retry_ticks:
+            self._broadcast(now)
+
+    def _broadcast(self, now: int) -> None:
+        assert self.outstanding is not None
+        self.sent_tick = now
+        for replica in range(self.sim.n):
+            self.sim.network.send(now, f"c{self.id}", f"r{replica}", self.outstanding)
+
+    def _new_request(self) -> Request:
+        rng = self.sim.rng
+        transfers = []
+        count = rng.randint(1, self.sim.scenario.transfers_per_request * 2 - 1)
+        for position in range(count):
+            debit, credit = rng.sample(range(1, self.sim.config.accounts + 1), 2)
+            linked = TransferFlags.LINKED if position < count - 1 and rng.random() < 0.1 else 0
+            transfers.append(
+                Transfer(
+                    id=(self.id + 1) << 48 | self.next_transfer,
+                    debit_account_id=debit,
+                    credit_account_id=credit,
+                    amount=rng.randint(1, 500),
+                    ledger=1,
+                    code=1,
+                    flags=linked,
+                )
+            )
+            self.next_transfer += 1
+        request = Request(
+            client_id=self.id,
+            request_number=self.next_number,
+            transfers=encode_transfers(transfers),
+        )
+        self.next_number += 1
+        return Request(
+            client_id=request.client_id,
+            request_number=request.request_number,
+            transfers=request.transfers,
+            signature=self.signer.sign(canonical(request)),
+        )
+
+    def on_reply(self, reply: Reply) -> None:
+        request = self.outstanding
+        if request is None or (reply.client_id, reply.request_number) != request.key:
+            return
+        # One reply suffices: the certificate proves the header was decided, and the
+        # header commits to every result.
+        if reply.header.digest != reply.certificate.digest:
+            return
+        if not certificates.verify(reply.certificate, self.sim.replica_verifier, self.sim.n):
+            return
+        if digest_of(reply.results) != reply.header.results_hash:
+            return
+        for client, number, codes in reply.results:
+            if (client, number) == request.key:
+                self.acked[request.key] = codes
+                self.outstanding = None
+                return
+
+
+class Simulation:
+    def __init__(self, config: SimConfig) -> None:
+        if config.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {config.scenario!r}; see 'aegis sim scenarios'")
+        self.config = config
+        self.scenario: Scenario = SCENARIOS[config.scenario]
+        self.n = config.replicas
+        self.f = faults_tolerated(self.n)
+        self.rng = random.Random(config.seed)
+        self.result = SimResult(config=config)
+        self.network: Network[Message | Reply] = Network(self.rng, self.scenario.network)
+        self._trace = hashlib.sha256(f"aegis-sim {config}".encode())
+        self.now = 0
+        self._make_keys()
+        self._make_genesis()
+        self.byzantine = self._byzantine_ids()
+        self.disks: dict[int, list[PersistRecord]] = {i: [] for i in range(self.n)}
+        self.replicas: dict[int, BftReplica | ByzantineReplica] = {}
+        self.alive: set[int] = set()
+        for replica in range(self.n):
+            self._start(replica)
+        self.clients = [SimClient(c, self) for c in range(self.scenario.clients)]
+        self.submitted: dict[tuple[int, int], Request] = {}
+        self.decided_at: dict[int, bytes] = {}
+        self.state_at: dict[int, bytes] = {}
+        self.ok_transfers: dict[int, set[int]] = {i: set() for i in range(self.n)}
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_keys(self) -> None:
+        seed = self.config.seed
+        self.replica_signers = [
+            Ed25519Signer.from_seed(f"replica {i} {seed}".encode()) for i in range(self.n)
+        ]
+        self.client_signers = [
+            Ed25519Signer.from_seed(f"client {c} {seed}".encode())
+            for c in range(self.scenario.clients)
+        ]
+        self.replica_verifier = Ed25519Verifier(
+            {i: s.public_key_bytes() for i, s in enumerate(self.replica_signers)}, cache_max=1 << 16
+        )
+        self.client_verifier = Ed25519Verifier(
+            {c: s.public_key_bytes() for c, s in enumerate(self.client_signers)}, cache_max=1 << 12
+        )
+
+    def _make_genesis(self) -> None:
+        ledger = Ledger()
+        accounts = [
+            Account(
+                id=i,
+                ledger=1,
+                code=1,
+                flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS if i % 5 == 0 else 0,
+            )
+            for i in range(1, self.config.accounts + 1)
+        ]
+        ledger.create_accounts(accounts, GENESIS_NS - 1)
+        header = genesis_header(ledger.state_hash(), GENESIS_NS - 1)
+        self.genesis = Genesis(header=header, snapshot=ledger.snapshot())
+
+    def _byzantine_ids(self) -> dict[int, str]:
+        behaviours = list(self.scenario.byzantine)
+        count = len(behaviours) if self.config.byzantine is None else self.config.byzantine
+        if count > self.f:
+            raise ValueError(f"{count} Byzantine replicas exceed f = {self.f} for n = {self.n}")
+        if count and not behaviours:
+            behaviours = ["forge"]
+        ids = range(count) if self.scenario.byzantine_leads else range(self.n - count, self.n)
+        return {i: behaviours[k % len(behaviours)] for k, i in enumerate(ids)}
+
+    def _start(self, replica: int) -> None:
+        config = ReplicaConfig(
+            replica_id=replica,
+            replicas=self.n,
+            genesis_ns=GENESIS_NS,
+            checkpoint_interval=self.config.checkpoint_interval,
+            unsafe_quorum=self.config.unsafe_quorum,
+            unsafe_skip_sync_reproposal=self.config.unsafe_skip_sync_reproposal,
+        )
+        executor = LedgerExecutor(Ledger.restore(self.genesis.snapshot))
+        core = BftReplica(
+            config,
+            self.replica_signers[replica],
+            self.replica_verifier,
+            self.client_verifier,
+            executor,
+            self.genesis,
+            self.disks[replica],
+        )
+        core.ticks = self.now  # a restarted process reads the clock afresh
+        behaviour = self.byzantine.get(replica)
+        self.replicas[replica] = ByzantineReplica(core, behaviour, self.rng) if behaviour else core
+        self.alive.add(replica)
+        self._record(f"start r{replica}" + (f" byzantine={behaviour}" if behaviour else ""))
+
+    def honest(self) -> list[int]:
+        return [i for i in range(self.n) if i not in self.byzantine]
+
+    def core(self, replica: int) -> BftReplica:
+        node = self.replicas[replica]
+        return node.core if isinstance(node, ByzantineReplica) else node
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> SimResult:
+        try:
+            self._run()
+        except CheckFailure as failure:
+            self.result.failures.append(f"tick {self.now}: {failure}")
+        self._finish()
+        return self.result
+
+    def _run(self) -> None:
+        schedule = sorted(self.scenario.schedule, key=lambda item: item[0])
+        end = self.scenario.workload_ticks + self.scenario.liveness_ticks_max
+        for self.now in range(1, end + 1):
+            while schedule and schedule[0][0] == self.now:
+                self._fault(schedule.pop(0)[1])
+            for source, target, payload in self.network.due(self.now):
+                self._deliver(source, target, payload)
+            for replica in sorted(self.alive):
+                self._handle(replica, self.replicas[replica].tick())
+            submitting = self.now < self.scenario.workload_ticks
+            for client in self.clients:
+                client.act(self.now, submitting)
+            past_heal = self.now > max(self.scenario.workload_ticks, self.scenario.heal_tick)
+            if past_heal and self._settled():
+                break
+        else:
+            self._liveness_failure()
+        self._check_end_state()
+
+    def _deliver(self, source: str, target: str, payload: Message | Reply) -> None:
+        self._record(f"{self.now} {source}>{target} {_describe(payload)}")
+        if target.startswith("c"):
+            assert isinstance(payload, Reply)
+            self.clients[int(target[1:])].on_reply(payload)
+            return
+        replica = int(target[1:])
+        if replica in self.alive:
+            assert not isinstance(payload, Reply)
+            self._handle(replica, self.replicas[replica].step(payload))
+
+    def _handle(self, replica: int, effects: Effects) -> None:
+        if effects.persist:
+            self.disks[replica].extend(effects.persist)  # durable before anything leaves
+        for line in effects.trace:
+            self._record(line)
+        honest = replica not in self.byzantine
+        for decided in effects.decided:
+            if honest:
+                results = next(
+                    (r.results for r in effects.replies if r.header.digest == decided.block.digest),
+                    (),
+                )
+                self._check_decision(replica, decided, results)
+        for send in effects.send:
+            targets = (
+                [send.to] if send.to is not None else [p for p in range(self.n) if p != replica]
+            )
+            for target in targets:
+                self.network.send(self.now, f"r{replica}", f"r{target}", send.message)
+        for reply in effects.replies:
+            self.network.send(self.now, f"r{replica}", f"c{reply.client_id}", reply)
+        if effects.persist:
+            node = self.replicas[replica]
+            node.step(Persisted(upto=len(self.disks[replica])))
+
+    # ------------------------------------------------------------------ faults
+
+    def _fault(self, action: tuple[object, ...]) -> None:
+        self._record(f"{self.now} fault {action}")
+        match action:
+            case ("crash", int() as replica):
+                self._crash(replica)
+            case ("crash_leader",):
+                leader = leader_of(max(self.core(i).regency for i in self.alive), self.n)
+                self._crash(leader)
+            case ("restart", int() as replica):
+                if replica not in self.alive:
+                    self._start(replica)
+            case ("restart_all",):
+                for replica in range(self.n):
+                    if replica not in self.alive:
+                        self._start(replica)
+            case ("cut", int() as a, int() as b):
+                self.network.block(f"r{a}", f"r{b}")
+            case ("isolate", int() as replica):
+                for other in range(self.n):
+                    if other != replica:
+                        self.network.block(f"r{replica}", f"r{other}")
+                        self.network.block(f"r{other}", f"r{replica}")
+            case ("partial", int() as replica):
+                leader = leader_of(max(self.core(i).regency for i in self.alive), self.n)
+                for other in range(self.n):
+                    if other not in (replica, leader):
+                        self.network.block(f"r{replica}", f"r{other}")
+                        self.network.block(f"r{other}", f"r{replica}")
+            case ("heal",):
+                self.network.heal()
+            case _:
+                raise ValueError(f"unknown fault action {action!r}")
+
+    def _crash(self, replica: int) -> None:
+        if replica in self.alive:
+            self.alive.discard(replica)
+            self._record(f"{self.now} crash r{replica}")
+
+    # ------------------------------------------------------------------ checkers
+
+    def _check_decision(
+        self, replica: int, decided: DecidedBlock, results: tuple[tuple[int, int, bytes], ...]
+    ) -> None:
+        header = decided.block.header
+        height = header.height
+        first = self.decided_at.setdefault(height, decided.block.digest)
+        if first != decided.block.digest:
+            raise CheckFailure(f"agreement: r{replica} decided a different block at h{height}")
+        if not certificates.verify(decided.certificate, self.replica_verifier, self.n):
+            raise CheckFailure(f"certificate: r{replica} decided h{height} without a valid one")
+        for request in decided.block.requests:
+            if self.submitted.get(request.key) != request:
+                raise CheckFailure(
+                    f"validity: r{replica} decided request {request.key} that no client submitted"
+                )
+        core = self.core(replica)
+        assert isinstance(core.sm, LedgerExecutor)
+        try:
+            core.sm.ledger.check_invariants()
+        except AssertionError as error:
+            raise CheckFailure(f"ledger invariant on r{replica} at h{height}: {error}") from None
+        if core.decided_height == height and core.speculative is None:
+            state = core.sm.state_hash()
+            expected = self.state_at.setdefault(height, state)
+            if state != expected or state != header.state_hash:
+                raise CheckFailure(f"state hash: r{replica} diverged at h{height}")
+        if digest_of(results) != header.results_hash:
+            raise CheckFailure(f"results: r{replica} answered other results than h{height} holds")
+        table = {(client, number): codes for client, number, codes in results}
+        for request in decided.block.requests:
+            transfers = request.transfers
+            for index, code in enumerate(table[request.key]):
+                if code != 0:
+                    continue
+                transfer_id = int.from_bytes(transfers[index * 128 : index * 128 + 16], "little")
+                if transfer_id in self.ok_transfers[replica]:
+                    raise CheckFailure(
+                        f"exactly-once: transfer {transfer_id} created twice on r{replica}"
+                    )
+                self.ok_transfers[replica].add(transfer_id)
+        self.result.blocks_decided = max(self.result.blocks_decided, height)
+
+    def _settled(self) -> bool:
+        if any(client.outstanding is not None for client in self.clients):
+            return False
+        heights = {self.core(i).decided_height for i in self.honest() if i in self.alive}
+        return len(heights) == 1 and self.network.in_flight() == 0
+
+    def _liveness_failure(self) -> None:
+        waiting = [c.outstanding.key for c in self.clients if c.outstanding is not None]
+        heights = {i: self.core(i).decided_height for i in self.honest() if i in self.alive}
+        raise CheckFailure(
+            f"liveness: {self.scenario.liveness_ticks_max} ticks after the "
+            f"workload, requests {waiting} unanswered, heights {heights}"
+        )
+
+    def _check_end_state(self) -> None:
+        live = [i for i in self.honest() if i in self.alive]
+        acked_ids = []
+        for client in self.clients:
+            for key, codes in client.acked.items():
+                request = self.submitted[key]
+                for index, code in enumerate(codes):
+                    if code in OK_CODES:
+                        raw = request.transfers[index * 128 : index * 128 + 16]
+                        acked_ids.append(int.from_bytes(raw, "little"))
+        for replica in live:
+            core = self.core(replica)
+            assert isinstance(core.sm, LedgerExecutor)
+            found = core.sm.ledger.lookup_transfers(acked_ids[:8189])
+            if len(found) != len(acked_ids[:8189]):
+                raise CheckFailure(f"durability: r{replica} lacks acknowledged transfers")
+        self.result.checks = {
+            "agreement": "ok",
+            "validity": "ok",
+            "ledger invariants": "ok",
+            "state hashes": "ok",
+            "exactly once": "ok",
+            "acknowledged durable": "ok",
+            "liveness": "ok",
+        }
+
+    # ------------------------------------------------------------------ output
+
+    def _record(self, line: str) -> None:
+        self._trace.update(line.encode() + b"\n")
+        if self.config.record_trace:
+            self.result.trace.append(line)
+
+    def _finish(self) -> None:
+        result = self.result
+        result.ticks = self.now
+        result.trace_hash = self._trace.hexdigest()[:16]
+        result.messages_sent = self.network.sent
+        result.messages_dropped = self.network.dropped
+        result.requests_submitted = len(self.submitted)
+        result.requests_acknowledged = sum(len(c.acked) for c in self.clients)
+        result.transfers_committed = max((len(s) for s in self.ok_transfers.values()), default=0)
+        result.regency_changes = max((self.core(i).regency for i in self.honest()), default=0)
+        result.evidence = sum(len(self.core(i).evidence) for i in self.honest())
+        if result.failures:
+            result.checks = {}
+            result.failures.append(f"replay: {self.config.replay_command()}")
+
+
+def _describe(payload: object) -> str:
+    name = type(payload).__name__
+    height = getattr(payload, "height", "")
+    regency = getattr(payload, "regency", "")
+    sender = getattr(payload, "sender", getattr(payload, "client_id", ""))
+    return f"{name}:{sender}:{height}:{regency}"
+
+
+def run(config: SimConfig, on_progress: Callable[[int], None] | None = None) -> SimResult:
+    del on_progress
+    return Simulation(config).run()
