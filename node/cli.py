@@ -40,11 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.set_defaults(handler=_demo)
+
+    from sim import cli as sim_cli
+
+    sim = commands.add_parser(
+        "sim",
+        help="deterministic BFT simulations: run a seed, fuzz many, list scenarios",
+        description="Run the real replica cores under a seeded, faulty network with "
+        "Byzantine replicas; every run checks agreement, validity, ledger invariants, "
+        "state hashes, exactly-once and liveness.",
+    )
+    sim_cli.add_commands(sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sim":
+        from sim import cli as sim_cli
+
+        return sim_cli.dispatch(args)
     status: int = args.handler(args)
     return status
 

@@ -16,6 +16,7 @@ from consensus.bft.replica import BftReplica
 from consensus.effects import Effects, Send
 from consensus.encoding import canonical
 from consensus.messages import (
+    Accept,
     Block,
     Message,
     PeerMessage,
@@ -24,6 +25,7 @@ from consensus.messages import (
     Stop,
     StopData,
     Sync,
+    Write,
     WriteProof,
 )
 
@@ -38,10 +40,12 @@ class ByzantineReplica:
         self.rng = rng
         self.seen: list[PeerMessage] = []  # for replays; bounded
         self.id = core.id
+        # height -> (twin block digest, replicas that were shown the twin)
+        self.twins: dict[int, tuple[bytes, frozenset[int]]] = {}
 
     def step(self, message: Message) -> Effects:
-        if isinstance(message, PeerMessage) and len(self.seen) < 256:  # type: ignore[arg-type]
-            self.seen.append(message)  # type: ignore[arg-type]
+        if isinstance(message, PeerMessage) and len(self.seen) < 256:
+            self.seen.append(message)
         return self._corrupt(self.core.step(message))
 
     def tick(self) -> Effects:
@@ -81,17 +85,23 @@ class ByzantineReplica:
     # ------------------------------------------------------------ behaviours
 
     def _equivocate(self, send: Send) -> list[Send]:
+        """Show half the replicas a different valid block, and vote for it to them."""
         message = send.message
+        core = self.core
+        peers = [p for p in range(core.n) if p != core.id]
+        if isinstance(message, Write | Accept) and message.height in self.twins:
+            digest, shown = self.twins[message.height]
+            twin_vote = self._resign(dataclasses.replace(message, digest=digest))
+            return [Send(to=p, message=twin_vote if p in shown else message) for p in peers]
         if not isinstance(message, Propose) or len(message.block.requests) < 2:
             return [send]
         # A second, valid block with one request fewer, to half of the replicas.
-        core = self.core
         other = self._other_block(list(message.block.requests[:-1]))
         twin = self._resign(dataclasses.replace(message, block=other))
-        peers = [p for p in range(core.n) if p != core.id]
         self.rng.shuffle(peers)
-        half = len(peers) // 2
-        return [Send(to=p, message=twin if i < half else message) for i, p in enumerate(peers)]
+        shown = frozenset(peers[: len(peers) // 2])
+        self.twins = {message.height: (other.digest, shown)}
+        return [Send(to=p, message=twin if p in shown else message) for p in peers]
 
     def _forge(self, send: Send) -> list[Send]:
         out = [send]

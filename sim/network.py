@@ -44,6 +44,7 @@ class Network(Generic[Payload]):
         self.rng = rng
         self.profile = profile
         self.blocked: set[tuple[str, str]] = set()
+        self.dropped_kinds: set[tuple[str, str]] = set()  # (message type name, target)
         self._queue: list[_InFlight[Payload]] = []
         self._seq = 0
         self.sent = 0
@@ -53,12 +54,21 @@ class Network(Generic[Payload]):
     def block(self, source: str, target: str) -> None:
         self.blocked.add((source, target))
 
+    def drop_kind(self, kind: str, target: str) -> None:
+        """Lose every message of one type to one target (a targeted omission fault)."""
+        self.dropped_kinds.add((kind, target))
+
     def heal(self) -> None:
         self.blocked.clear()
+        self.dropped_kinds.clear()
 
     def send(self, now: int, source: str, target: str, payload: Payload) -> None:
         self.sent += 1
-        if (source, target) in self.blocked or self.rng.random() < self.profile.loss:
+        if (
+            (source, target) in self.blocked
+            or (type(payload).__name__, target) in self.dropped_kinds
+            or self.rng.random() < self.profile.loss
+        ):
             self.dropped += 1
             return
         copies = 2 if self.rng.random() < self.profile.duplication else 1

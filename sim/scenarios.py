@@ -15,7 +15,8 @@ from sim.network import NetworkProfile
 # Actions: ("crash", replica) | ("restart", replica) | ("crash_leader",) |
 # ("cut", a, b) one direction | ("isolate", replica) both directions |
 # ("partial", replica) cut the replica from everyone but the current leader | ("heal",) |
-# ("restart_all",) restart every crashed replica
+# ("restart_all",) restart every crashed replica | ("drop_kind", "Accept", replica) lose
+# every message of that type to that replica
 Action = tuple[object, ...]
 
 
@@ -62,6 +63,22 @@ SCENARIOS: dict[str, Scenario] = {
             schedule=((30, ("crash", 3)), (260, ("restart", 3))),
             heal_tick=260,
             workload_ticks=320,
+        ),
+        Scenario(
+            name="isolated-decider",
+            summary="only replica 3 hears ACCEPTs (and no one hears its catch-up), it cannot "
+            "reach the next leader; the regency change must re-propose what 3 decided",
+            schedule=(
+                (30, ("drop_kind", "Accept", 0)),
+                (30, ("drop_kind", "Accept", 1)),
+                (30, ("drop_kind", "Accept", 2)),
+                (30, ("drop_kind", "Blocks", 0)),
+                (30, ("drop_kind", "Blocks", 1)),
+                (30, ("drop_kind", "Blocks", 2)),
+                (30, ("cut", 3, 1)),
+                (170, ("heal",)),
+            ),
+            heal_tick=170,
         ),
         Scenario(
             name="lossy-network",

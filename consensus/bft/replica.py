@@ -631,8 +631,10 @@ class BftReplica:
             self._reply(decided, execution)
             if header.height % self.cfg.checkpoint_interval == 0:
                 self._vote_checkpoint(decided)
+        self._restart_request_timers()  # fresh progress: waiting requests get a full timeout
+
+    def _restart_request_timers(self) -> None:
         if self.pending:
-            # Fresh progress: the oldest waiting request gets a full timeout again.
             self.pending = {k: (r, self.ticks) for k, (r, _) in self.pending.items()}
 
     def _reply(self, decided: DecidedBlock, execution: Execution) -> None:
@@ -743,6 +745,7 @@ class BftReplica:
         self.regency_deadline = self.ticks + self._regency_timeout()
         self.stops = {r: s for r, s in self.stops.items() if r > regency}
         self._persist(RegencyRecord(regency=regency))
+        self._restart_request_timers()  # the new leader gets a full timeout
         self._trace(f"install regency {regency} (leader {self.leader})")
         stop_data = self._sign(
             StopData(

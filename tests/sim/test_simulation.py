@@ -1,0 +1,114 @@
+"""The simulator: named scenarios, determinism, a seed sweep, and checkers that can fail."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from sim.scenarios import SCENARIOS
+from sim.simulation import SimConfig, Simulation
+
+SLOW = os.environ.get("AEGIS_SLOW") == "1"
+FIXED_SEEDS = (1, 2, 3)
+
+
+@pytest.mark.parametrize("seed", FIXED_SEEDS)
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_named_scenario_passes(scenario: str, seed: int) -> None:
+    result = Simulation(SimConfig(seed=seed, scenario=scenario)).run()
+    assert result.ok, "\n".join(result.failures)
+    assert result.blocks_decided > 5
+    assert result.requests_acknowledged == result.requests_submitted > 0
+    assert set(result.checks.values()) == {"ok"}
+
+
+def test_faulty_scenarios_really_exercise_their_fault() -> None:
+    def run(name: str) -> object:
+        return Simulation(SimConfig(seed=1, scenario=name)).run()
+
+    assert run("leader-crash").regency_changes >= 1  # type: ignore[attr-defined]
+    assert run("isolated-decider").regency_changes >= 1  # type: ignore[attr-defined]
+    assert run("forged-messages").evidence > 0  # type: ignore[attr-defined]
+    assert run("equivocating-leader").evidence > 0  # type: ignore[attr-defined]
+    assert run("lossy-network").messages_dropped > 0  # type: ignore[attr-defined]
+
+
+def test_seven_replicas_with_two_byzantine() -> None:
+    for scenario in ("forged-messages", "byzantine-stopdata", "leader-crash"):
+        result = Simulation(SimConfig(seed=4, scenario=scenario, replicas=7, byzantine=2)).run()
+        assert result.ok, "\n".join(result.failures)
+
+
+def test_same_seed_same_trace_hash() -> None:
+    first = Simulation(SimConfig(seed=11, scenario="lossy-network")).run()
+    again = Simulation(SimConfig(seed=11, scenario="lossy-network")).run()
+    other = Simulation(SimConfig(seed=12, scenario="lossy-network")).run()
+    assert first.trace_hash == again.trace_hash
+    assert first.trace_hash != other.trace_hash
+
+
+def test_seed_sweep() -> None:
+    """At least 500 seeded runs across every scenario (more with AEGIS_SLOW=1)."""
+    per_scenario = (2000 if SLOW else 500) // len(SCENARIOS) + 1
+    started = time.monotonic()
+    failures = []
+    for index, scenario in enumerate(SCENARIOS):
+        for seed in range(100 + index * 1000, 100 + index * 1000 + per_scenario):
+            result = Simulation(SimConfig(seed=seed, scenario=scenario)).run()
+            if not result.ok:
+                failures.append(f"{scenario} seed {seed}: {result.failures}")
+    runs = per_scenario * len(SCENARIOS)
+    assert runs >= 500
+    assert not failures, "\n".join(failures[:5])
+    print(f"sweep: {runs} runs in {time.monotonic() - started:.0f}s")
+
+
+# ------------------------------------------------------------ the checkers can fail
+
+
+def _find(word: str, config_fields: dict[str, object], scenario: str, seeds: range) -> str | None:
+    """The first failure naming ``word`` within the given seeds, or None."""
+    for seed in seeds:
+        result = Simulation(SimConfig(seed=seed, scenario=scenario, **config_fields)).run()
+        if result.failures and word in result.failures[0]:
+            return result.failures[0]
+    return None
+
+
+def test_agreement_checker_catches_a_quorum_of_f_plus_1() -> None:
+    # With q = f + 1 an equivocating leader gets two blocks decided at one height.
+    failure = _find(
+        "agreement",
+        {"unsafe_quorum": 2, "check_certificates": False},
+        "equivocating-leader",
+        range(1, 21),
+    )
+    assert failure is not None
+
+
+def test_certificate_checker_catches_a_quorum_of_f_plus_1() -> None:
+    assert _find("certificate", {"unsafe_quorum": 2}, "happy", range(1, 3)) is not None
+
+
+def test_agreement_checker_catches_a_leader_that_skips_the_sync_reproposal() -> None:
+    failure = _find(
+        "agreement", {"unsafe_skip_sync_reproposal": True}, "isolated-decider", range(1, 11)
+    )
+    assert failure is not None
+    assert (
+        "replay: aegis sim run --seed"
+        in Simulation(
+            SimConfig(seed=1, scenario="isolated-decider", unsafe_skip_sync_reproposal=True)
+        )
+        .run()
+        .failures[-1]
+    )
+
+
+def test_unknown_scenario_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown scenario 'nope'"):
+        Simulation(SimConfig(seed=1, scenario="nope"))
+    with pytest.raises(ValueError, match="exceed f = 1"):
+        Simulation(SimConfig(seed=1, scenario="happy", byzantine=2))
