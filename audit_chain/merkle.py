@@ -28,11 +28,15 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """Root over the leaves' data (not their hashes)."""
     if not leaves:
         return hashlib.sha256(b"").digest()
-    level = [leaf_hash(data) for data in leaves]
+    sha256 = hashlib.sha256  # local: this runs once per leaf and node of every block
+    level = [sha256(LEAF_PREFIX + data).digest() for data in leaves]
     # Bottom-up pairing with the odd node promoted unchanged is the same tree
     # as RFC 9162's recursive split at the largest power of two below n.
     while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        paired = [
+            sha256(NODE_PREFIX + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired

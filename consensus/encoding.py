@@ -5,7 +5,10 @@ same bytes only if they are equal (every item carries a type tag and a
 length, dataclasses carry their class name and field names).  Supported:
 int (any sign), bytes, str, bool, None, tuples, and frozen dataclasses of
 those.  Fields named ``signature`` are left out, so a message's signing bytes
-are ``canonical(message)``.
+are ``canonical(message)``.  A value may name a stand-in that commits to it
+(``canonical_stand_in``): a block is encoded as its header, whose body hash
+covers the requests, so signing a PROPOSE costs the same for any block size;
+receivers check the body hash before trusting the requests.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def _encode(value: Any, out: list[bytes]) -> None:
         out += (b"t", _length(len(value)))
         for item in value:
             _encode(item, out)
+    elif hasattr(value, "canonical_stand_in"):
+        # A value whose header commits to the rest (a Block: its header's body
+        # hash covers the requests) is signed and hashed through that header.
+        _encode(value.canonical_stand_in(), out)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         name = type(value).__name__.encode()
         fields = [f for f in dataclasses.fields(value) if f.name != SIGNATURE_FIELD]

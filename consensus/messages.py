@@ -139,6 +139,10 @@ class Block:
     def events(self) -> int:
         return sum(r.events for r in self.requests)
 
+    def canonical_stand_in(self) -> BlockHeader:
+        """Signatures cover the header; its body hash covers the requests."""
+        return self.header
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Certificate:

@@ -14,7 +14,25 @@ from collections.abc import Sequence
 
 from consensus.messages import Request
 from consensus.state_machine import Execution
-from ledger import DecodeError, Ledger, decode_transfers
+from ledger import DecodeError, Ledger, Transfer, decode_transfers
+
+DECODED_REQUESTS_MAX = 4096
+
+# A request is checked on arrival, again when a block holding it is validated,
+# then executed: decode its records once.  Decoding is a pure function of the
+# bytes and Transfer values are immutable, so one bounded table serves every
+# executor in the process (one per node; four replicas in the simulator).
+_decoded: dict[bytes, list[Transfer]] = {}
+
+
+def _decode(records: bytes) -> list[Transfer]:
+    decoded = _decoded.get(records)
+    if decoded is None:
+        decoded = decode_transfers(records)  # raises DecodeError on bad records
+        if len(_decoded) >= DECODED_REQUESTS_MAX:
+            _decoded.clear()
+        _decoded[records] = decoded
+    return decoded
 
 
 class LedgerExecutor:
@@ -29,7 +47,7 @@ class LedgerExecutor:
 
     def check_request(self, request: Request) -> str | None:
         try:
-            decode_transfers(request.transfers)
+            _decode(request.transfers)
         except DecodeError as error:
             return str(error)
         return None
@@ -39,7 +57,7 @@ class LedgerExecutor:
         cursor = first_timestamp
         results = []
         for request in requests:
-            transfers = decode_transfers(request.transfers)  # checked before ordering
+            transfers = _decode(request.transfers)  # checked before ordering
             batch_timestamp = cursor + len(transfers) - 1
             codes = self.ledger.create_transfers(transfers, batch_timestamp)
             results.append((request.client_id, request.request_number, bytes(codes)))

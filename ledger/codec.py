@@ -116,26 +116,34 @@ def decode_account(data: bytes, index: int = 0) -> Account:
 
 def decode_transfer(data: bytes, index: int = 0) -> Transfer:
     _check_length(data, "transfer", index)
-    f = _RECORD.unpack(data)
+    return _transfer_from_fields(_RECORD.unpack(data), index)
+
+
+# Slot descriptors of the frozen dataclass, in record order.  Decoding writes
+# through them because the struct format already bounds every field to its
+# width (what ``Transfer.__post_init__`` checks), and decoding is on the hot
+# path of every replica: this halves its cost.
+_TRANSFER_SLOTS = tuple(
+    getattr(Transfer, name)
+    for name in ("id", "debit_account_id", "credit_account_id", "amount", "pending_id",
+                 "user_data_128", "user_data_64", "user_data_32", "timeout", "ledger", "code",
+                 "flags", "timestamp")
+)  # fmt: skip
+
+
+def _transfer_from_fields(f: tuple[int, ...], index: int) -> Transfer:
     if f[17] & ~TRANSFER_FLAGS_KNOWN:
         raise DecodeError(
             f"transfer[{index}].flags has unknown bits 0x{f[17] & ~TRANSFER_FLAGS_KNOWN:04x}"
         )
-    return Transfer(
-        id=f[0] | f[1] << 64,
-        debit_account_id=f[2] | f[3] << 64,
-        credit_account_id=f[4] | f[5] << 64,
-        amount=f[6] | f[7] << 64,
-        pending_id=f[8] | f[9] << 64,
-        user_data_128=f[10] | f[11] << 64,
-        user_data_64=f[12],
-        user_data_32=f[13],
-        timeout=f[14],
-        ledger=f[15],
-        code=f[16],
-        flags=f[17],
-        timestamp=f[18],
-    )
+    transfer = object.__new__(Transfer)
+    values = (
+        f[0] | f[1] << 64, f[2] | f[3] << 64, f[4] | f[5] << 64, f[6] | f[7] << 64,
+        f[8] | f[9] << 64, f[10] | f[11] << 64, f[12], f[13], f[14], f[15], f[16], f[17], f[18],
+    )  # fmt: skip
+    for slot, value in zip(_TRANSFER_SLOTS, values, strict=True):
+        slot.__set__(transfer, value)
+    return transfer
 
 
 def decode_balance(data: bytes, index: int = 0) -> AccountBalance:
@@ -175,5 +183,5 @@ def decode_accounts(data: bytes) -> list[Account]:
 
 
 def decode_transfers(data: bytes) -> list[Transfer]:
-    count = _check_batch_bytes(data, "transfer")
-    return [decode_transfer(data[i * RECORD_SIZE : (i + 1) * RECORD_SIZE], i) for i in range(count)]
+    _check_batch_bytes(data, "transfer")
+    return [_transfer_from_fields(f, i) for i, f in enumerate(_RECORD.iter_unpack(data))]

@@ -134,6 +134,24 @@ class Transfer:
     timestamp: int = 0
 
     def __post_init__(self) -> None:
+        # One expression for the common, valid case (decoding builds many of these);
+        # the per-field checks below only run to name what is wrong.
+        if (
+            type(self.id) is int and 0 <= self.id <= U128_MAX
+            and type(self.debit_account_id) is int and 0 <= self.debit_account_id <= U128_MAX
+            and type(self.credit_account_id) is int and 0 <= self.credit_account_id <= U128_MAX
+            and type(self.amount) is int and 0 <= self.amount <= U128_MAX
+            and type(self.pending_id) is int and 0 <= self.pending_id <= U128_MAX
+            and type(self.user_data_128) is int and 0 <= self.user_data_128 <= U128_MAX
+            and type(self.user_data_64) is int and 0 <= self.user_data_64 <= U64_MAX
+            and type(self.user_data_32) is int and 0 <= self.user_data_32 <= U32_MAX
+            and type(self.timeout) is int and 0 <= self.timeout <= U32_MAX
+            and type(self.ledger) is int and 0 <= self.ledger <= U32_MAX
+            and type(self.code) is int and 0 <= self.code <= U16_MAX
+            and type(self.flags) is int and 0 <= self.flags <= U16_MAX
+            and type(self.timestamp) is int and 0 <= self.timestamp <= U64_MAX
+        ):  # fmt: skip
+            return
         for name in _TRANSFER_U128:
             _check_width("Transfer", name, getattr(self, name), U128_MAX)
         _check_width("Transfer", "user_data_64", self.user_data_64, U64_MAX)

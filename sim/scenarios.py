@@ -16,7 +16,8 @@ from sim.network import NetworkProfile
 # ("cut", a, b) one direction | ("isolate", replica) both directions |
 # ("partial", replica) cut the replica from everyone but the current leader | ("heal",) |
 # ("restart_all",) restart every crashed replica | ("drop_kind", "Accept", replica) lose
-# every message of that type to that replica
+# every message of that type to that replica | ("crash_after_persist", replica) the
+# replica's next step persists its records and crashes before sending anything
 Action = tuple[object, ...]
 
 
@@ -79,6 +80,16 @@ SCENARIOS: dict[str, Scenario] = {
                 (170, ("heal",)),
             ),
             heal_tick=170,
+        ),
+        Scenario(
+            name="crash-mid-step",
+            summary="replicas die between persisting records and sending messages, then restart",
+            schedule=(
+                (40, ("crash_after_persist", 0)),
+                (90, ("crash_after_persist", 2)),
+                (150, ("restart_all",)),
+            ),
+            heal_tick=150,
         ),
         Scenario(
             name="lossy-network",

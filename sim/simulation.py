@@ -10,6 +10,7 @@ stops the run and names the command that replays it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections.abc import Callable
@@ -30,11 +31,13 @@ from consensus.messages import (
 )
 from consensus.quorum import faults_tolerated, leader_of
 from finality.executor import LedgerExecutor
-from ledger import Account, AccountFlags, Ledger, Transfer, TransferFlags, encode_transfers
+from ledger import Account, AccountFlags, Ledger, TransferFlags
+from ledger.codec import _RECORD
 from sim.byzantine import ByzantineReplica
 from sim.network import Network
 from sim.scenarios import SCENARIOS, Scenario
 
+_MASK64 = (1 << 64) - 1
 GENESIS_NS = 1_800_000_000 * 10**9  # a fixed wall-clock epoch for the simulated ledger
 OK_CODES = (0, 46)  # ok, exists: the transfer is in the ledger
 
@@ -48,6 +51,8 @@ class SimConfig:
     checkpoint_interval: int = 8
     accounts: int = 16
     request_rate: float = 0.5  # chance per tick that an idle client submits
+    clients: int | None = None  # None: as the scenario says
+    transfers_per_request: int | None = None  # None: as the scenario says (a mean)
     record_trace: bool = False
     # Deliberately unsafe protocol variants, for tests that prove the checkers work.
     unsafe_quorum: int | None = None
@@ -121,27 +126,44 @@ class SimClient:
 
     def _new_request(self) -> Request:
         rng = self.sim.rng
-        transfers = []
-        count = rng.randint(1, self.sim.scenario.transfers_per_request * 2 - 1)
+        records = []
+        mean = self.sim.config.transfers_per_request or self.sim.scenario.transfers_per_request
+        count = min(rng.randint(1, mean * 2 - 1), 8189)
+        accounts = self.sim.config.accounts
         for position in range(count):
-            debit, credit = rng.sample(range(1, self.sim.config.accounts + 1), 2)
+            debit = rng.randrange(accounts) + 1
+            credit = rng.randrange(accounts - 1) + 1
+            credit += credit >= debit  # any account but the debit one
             linked = TransferFlags.LINKED if position < count - 1 and rng.random() < 0.1 else 0
-            transfers.append(
-                Transfer(
-                    id=(self.id + 1) << 48 | self.next_transfer,
-                    debit_account_id=debit,
-                    credit_account_id=credit,
-                    amount=rng.randint(1, 500),
-                    ledger=1,
-                    code=1,
-                    flags=linked,
+            transfer_id = (self.id + 1) << 48 | self.next_transfer
+            # Packed straight into the canonical layout rather than through Transfer
+            # objects, so that building workloads does not dominate the run.
+            records.append(
+                _RECORD.pack(
+                    transfer_id & _MASK64,
+                    transfer_id >> 64,
+                    debit,
+                    0,
+                    credit,
+                    0,
+                    rng.randint(1, 500),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    1,
+                    int(linked),
+                    0,
                 )
             )
             self.next_transfer += 1
         request = Request(
-            client_id=self.id,
-            request_number=self.next_number,
-            transfers=encode_transfers(transfers),
+            client_id=self.id, request_number=self.next_number, transfers=b"".join(records)
         )
         self.next_number += 1
         return Request(
@@ -171,6 +193,9 @@ class SimClient:
 
 
 class Simulation:
+    # Benchmarks swap in an instrumented executor; everything else uses the real one.
+    executor_factory: Callable[[Ledger], LedgerExecutor] = LedgerExecutor
+
     def __init__(self, config: SimConfig) -> None:
         if config.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {config.scenario!r}; see 'aegis sim scenarios'")
@@ -181,17 +206,21 @@ class Simulation:
         self.rng = random.Random(config.seed)
         self.result = SimResult(config=config)
         self.network: Network[Message | Reply] = Network(self.rng, self.scenario.network)
-        self._trace = hashlib.sha256(f"aegis-sim {config}".encode())
+        # Whether the trace is kept in memory must not change the run's identity.
+        identity = dataclasses.replace(config, record_trace=False)
+        self._trace = hashlib.sha256(f"aegis-sim {identity}".encode())
         self.now = 0
+        self.client_count = config.clients or self.scenario.clients
         self._make_keys()
         self._make_genesis()
         self.byzantine = self._byzantine_ids()
         self.disks: dict[int, list[PersistRecord]] = {i: [] for i in range(self.n)}
         self.replicas: dict[int, BftReplica | ByzantineReplica] = {}
         self.alive: set[int] = set()
+        self.crash_after_persist: set[int] = set()
         for replica in range(self.n):
             self._start(replica)
-        self.clients = [SimClient(c, self) for c in range(self.scenario.clients)]
+        self.clients = [SimClient(c, self) for c in range(self.client_count)]
         self.submitted: dict[tuple[int, int], Request] = {}
         self.decided_at: dict[int, bytes] = {}
         self.state_at: dict[int, bytes] = {}
@@ -205,8 +234,7 @@ class Simulation:
             Ed25519Signer.from_seed(f"replica {i} {seed}".encode()) for i in range(self.n)
         ]
         self.client_signers = [
-            Ed25519Signer.from_seed(f"client {c} {seed}".encode())
-            for c in range(self.scenario.clients)
+            Ed25519Signer.from_seed(f"client {c} {seed}".encode()) for c in range(self.client_count)
         ]
         self.replica_verifier = Ed25519Verifier(
             {i: s.public_key_bytes() for i, s in enumerate(self.replica_signers)}, cache_max=1 << 16
@@ -249,7 +277,7 @@ class Simulation:
             unsafe_quorum=self.config.unsafe_quorum,
             unsafe_skip_sync_reproposal=self.config.unsafe_skip_sync_reproposal,
         )
-        executor = LedgerExecutor(Ledger.restore(self.genesis.snapshot))
+        executor = self.executor_factory(Ledger.restore(self.genesis.snapshot))
         core = BftReplica(
             config,
             self.replica_signers[replica],
@@ -316,6 +344,11 @@ class Simulation:
     def _handle(self, replica: int, effects: Effects) -> None:
         if effects.persist:
             self.disks[replica].extend(effects.persist)  # durable before anything leaves
+            if replica in self.crash_after_persist:
+                # The process dies after its records hit the disk, before any send.
+                self.crash_after_persist.discard(replica)
+                self._crash(replica)
+                return
         for line in effects.trace:
             self._record(line)
         honest = replica not in self.byzantine
@@ -370,6 +403,8 @@ class Simulation:
                         self.network.block(f"r{other}", f"r{replica}")
             case ("drop_kind", str() as kind, int() as replica):
                 self.network.drop_kind(kind, f"r{replica}")
+            case ("crash_after_persist", int() as replica):
+                self.crash_after_persist.add(replica)
             case ("heal",):
                 self.network.heal()
             case _:

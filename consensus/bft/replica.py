@@ -125,6 +125,25 @@ def genesis_header(state_hash: bytes, timestamp: int) -> BlockHeader:
     )
 
 
+# Merkle roots by body hash: a pure function of the requests, so one bounded
+# table serves every replica in the process (the simulator runs four).
+_MERKLE_BY_BODY: dict[bytes, tuple[bytes, int]] = {}
+_MERKLE_BY_BODY_MAX = 1024
+
+
+def _block_merkle(body_hash: bytes, requests: Sequence[Request]) -> tuple[bytes, int]:
+    """(RFC 9162 root over the block's transfer records, number of records)."""
+    known = _MERKLE_BY_BODY.get(body_hash)
+    if known is None:
+        records = [r.transfers[i : i + RECORD_SIZE] for r in requests
+                   for i in range(0, len(r.transfers), RECORD_SIZE)]  # fmt: skip
+        known = (merkle_root(records), len(records))
+        if len(_MERKLE_BY_BODY) >= _MERKLE_BY_BODY_MAX:
+            _MERKLE_BY_BODY.clear()
+        _MERKLE_BY_BODY[body_hash] = known
+    return known
+
+
 class BftReplica:
     """One replica's protocol state.  Drive it with ``step`` and ``tick``."""
 
@@ -404,18 +423,15 @@ class BftReplica:
 
     def _seal(self, requests: Sequence[Request], first: int) -> tuple[BlockHeader, Execution]:
         execution = self.sm.execute(requests, first)
-        records = [
-            r.transfers[i : i + RECORD_SIZE]
-            for r in requests
-            for i in range(0, len(r.transfers), RECORD_SIZE)
-        ]
+        body_hash = digest_of(tuple(requests))
+        root, records = _block_merkle(body_hash, requests)
         header = BlockHeader(
             height=self.height,
             parent_hash=self.last_header.digest,
             timestamp=first,
-            merkle_root=merkle_root(records),
-            log_size=self.last_header.log_size + len(records),
-            body_hash=digest_of(tuple(requests)),
+            merkle_root=root,
+            log_size=self.last_header.log_size + records,
+            body_hash=body_hash,
             results_hash=digest_of(execution.results),
             state_hash=execution.state_hash,
         )
