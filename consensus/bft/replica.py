@@ -189,6 +189,7 @@ class BftReplica:
         self.proposals: dict[int, Block] = {}
         self.writes: dict[tuple[int, bytes], dict[int, Write]] = {}
         self.accepts: dict[tuple[int, bytes], dict[int, bytes]] = {}
+        self.accepted_by: dict[tuple[int, int], bytes] = {}  # (sender, regency) -> digest
         self.votes: dict[tuple[str, int, int], bytes] = {}  # (kind, regency, height) -> digest
         self.best_proof: WriteProof | None = None
         self.speculative: bytes | None = None  # digest of the block executed on top
@@ -196,6 +197,7 @@ class BftReplica:
         # Requests and catch-up.
         self.pending: dict[tuple[int, int], tuple[Request, int]] = {}
         self.client_decided: dict[int, int] = {}
+        self.reply_cache: dict[int, Reply] = {}  # each client's latest answer, for retries
         self.future: list[PeerMessage] = []
         self.fetch_deadline = 0
         self.fetch_peer = (self.id + 1) % self.n
@@ -358,7 +360,11 @@ class BftReplica:
         if request.key in self.pending:
             return
         if request.request_number <= self.client_decided.get(request.client_id, -1):
-            return  # already decided: the client will get its reply from the others
+            # Already decided: the reply may have been lost, so answer again from the cache.
+            cached = self.reply_cache.get(request.client_id)
+            if cached is not None and cached.request_number == request.request_number:
+                self._out.replies.append(cached)
+            return
         if not self.client_verifier.verify(
             request.client_id, canonical(request), request.signature
         ):
@@ -587,6 +593,13 @@ class BftReplica:
         self._record_accept(accept)
 
     def _record_accept(self, accept: Accept) -> None:
+        # Bounded memory against floods: regencies near ours, one digest per sender each.
+        if abs(accept.regency - self.regency) > self.n:
+            return
+        first = self.accepted_by.setdefault((accept.sender, accept.regency), accept.digest)
+        if first != accept.digest:
+            self._blame(accept.sender, f"two ACCEPTs in regency {accept.regency}")
+            return
         bucket = self.accepts.setdefault((accept.regency, accept.digest), {})
         bucket.setdefault(accept.sender, accept.signature)
         if len(bucket) < self.q:
@@ -634,6 +647,7 @@ class BftReplica:
         self.proposals.clear()
         self.writes.clear()
         self.accepts.clear()
+        self.accepted_by.clear()
         self.best_proof = None
         self.resend = [m for m in self.resend if isinstance(m, Stop | StopData)]
         self.last_resend = self.ticks
@@ -642,6 +656,10 @@ class BftReplica:
             self.pending.pop(request.key, None)
             previous = self.client_decided.get(request.client_id, -1)
             self.client_decided[request.client_id] = max(previous, request.request_number)
+        if self.in_sync and decided.certificate.regency == self.regency and not replaying:
+            # A block decided in this regency means its SYNC was accepted by a quorum:
+            # a replica that missed the SYNC (restarted, lagging) may follow the leader.
+            self.in_sync = False
         if not replaying:
             self._out.decided.append(decided)
             self._reply(decided, execution)
@@ -655,16 +673,15 @@ class BftReplica:
 
     def _reply(self, decided: DecidedBlock, execution: Execution) -> None:
         for request in decided.block.requests:
-            self._out.replies.append(
-                Reply(
-                    replica_id=self.id,
-                    client_id=request.client_id,
-                    request_number=request.request_number,
-                    header=decided.block.header,
-                    certificate=decided.certificate,
-                    results=execution.results,
-                )
+            self.reply_cache[request.client_id] = reply = Reply(
+                replica_id=self.id,
+                client_id=request.client_id,
+                request_number=request.request_number,
+                header=decided.block.header,
+                certificate=decided.certificate,
+                results=execution.results,
             )
+            self._out.replies.append(reply)
 
     # ---------------------------------------------------------------- validation
 
@@ -1110,4 +1127,5 @@ class BftReplica:
         self.proposals.clear()
         self.writes.clear()
         self.accepts.clear()
+        self.accepted_by.clear()
         self.best_proof = None
