@@ -191,7 +191,9 @@ class Propose:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Write:
+class _Vote:
+    """A signed vote for one digest at one (regency, height)."""
+
     sender: int
     regency: int
     height: int
@@ -207,19 +209,13 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Accept:
-    sender: int
-    regency: int
-    height: int
-    digest: bytes
-    signature: bytes = b""
+class Write(_Vote):
+    """First-phase vote: this replica holds the leader's block and backs it."""
 
-    def __post_init__(self) -> None:
-        _nat("sender", self.sender)
-        _nat("regency", self.regency)
-        _nat("height", self.height)
-        _digest("digest", self.digest)
-        _signature(self.signature)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept(_Vote):
+    """Second-phase vote, sent on q matching WRITEs; q of these decide the block."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -446,8 +446,11 @@ class BftReplica:
     # ================================================================ peers
 
     def _on_peer(self, message: PeerMessage) -> None:
-        if not self._authentic(message):
-            return
+        if self._authentic(message):
+            self._dispatch(message)
+
+    def _dispatch(self, message: PeerMessage) -> None:
+        """Handle an authenticated message (fresh, or deferred and replayed)."""
         match message:
             case Propose():
                 self._on_propose(message)
@@ -488,22 +491,7 @@ class BftReplica:
     def _replay_future(self) -> None:
         kept, self.future = self.future, []
         for message in kept:
-            self._on_peer_checked(message)
-
-    def _on_peer_checked(self, message: PeerMessage) -> None:
-        match message:
-            case Propose():
-                self._on_propose(message)
-            case Write():
-                self._on_write(message)
-            case Accept():
-                self._on_accept(message)
-            case Sync():
-                self._on_sync(message)
-            case StopData():
-                self._on_stop_data(message)
-            case _:
-                pass  # only height/regency-bound kinds are deferred
+            self._dispatch(message)
 
     # ---------------------------------------------------------------- normal case
 
