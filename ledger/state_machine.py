@@ -629,9 +629,13 @@ class Ledger:
         else:
             dr.debits_posted += amount
             cr.credits_posted += amount
-        record = _pack_transfer(
-            t, debit_id, credit_id, amount, t.timeout, t.ledger, t.code,
-            t.user_data_128, t.user_data_64, t.user_data_32, timestamp,
+        # The stored record: the request with its clamped amount and its timestamp
+        # (packed inline: this is the hottest line of the ledger).
+        record = _RECORD.pack(
+            transfer_id & _MASK64, transfer_id >> 64, debit_id & _MASK64, debit_id >> 64,
+            credit_id & _MASK64, credit_id >> 64, amount & _MASK64, amount >> 64, 0, 0,
+            t.user_data_128 & _MASK64, t.user_data_128 >> 64, t.user_data_64, t.user_data_32,
+            t.timeout, t.ledger, t.code, flags, timestamp,
         )  # fmt: skip
         self._insert_transfer(transfer_id, timestamp, record, dr, cr)
         return _OK
