@@ -28,6 +28,7 @@ class Scenario:
     network: NetworkProfile = field(default_factory=NetworkProfile)
     byzantine: tuple[str, ...] = ()  # behaviours, given to the highest replica ids
     byzantine_leads: bool = False  # give them the lowest ids instead: replica 0 leads first
+    byzantine_ids: tuple[int, ...] = ()  # or name the ids outright
     schedule: tuple[tuple[int, Action], ...] = ()
     workload_ticks: int = 300
     heal_tick: int = 300
@@ -100,9 +101,19 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="byzantine-stopdata",
-            summary="a Byzantine replica lies in STOP-DATA and SYNC while leaders crash",
+            summary="the next leader is Byzantine: it lies in SYNC and STOP-DATA after a crash",
             byzantine=("lying-stopdata",),
-            schedule=((50, ("crash_leader",)), (200, ("restart_all",))),
+            byzantine_ids=(1,),
+            # ACCEPTs are lost for a while, so write proofs are in flight when the
+            # leader crashes and the Byzantine successor has something to lie about.
+            schedule=(
+                (44, ("drop_kind", "Accept", 1)),
+                (44, ("drop_kind", "Accept", 2)),
+                (44, ("drop_kind", "Accept", 3)),
+                (50, ("crash_leader",)),
+                (120, ("heal",)),
+                (200, ("restart_all",)),
+            ),
             heal_tick=200,
         ),
         Scenario(

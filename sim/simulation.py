@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from consensus import certificate as certificates
@@ -265,7 +265,12 @@ class Simulation:
             raise ValueError(f"{count} Byzantine replicas exceed f = {self.f} for n = {self.n}")
         if count and not behaviours:
             behaviours = ["forge"]
-        ids = range(count) if self.scenario.byzantine_leads else range(self.n - count, self.n)
+        if self.scenario.byzantine_ids and self.config.byzantine is None:
+            ids: Sequence[int] = self.scenario.byzantine_ids
+        elif self.scenario.byzantine_leads:
+            ids = range(count)
+        else:
+            ids = range(self.n - count, self.n)
         return {i: behaviours[k % len(behaviours)] for k, i in enumerate(ids)}
 
     def _start(self, replica: int) -> None:

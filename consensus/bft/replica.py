@@ -204,7 +204,8 @@ class BftReplica:
         self.pushed: set[tuple[int, int]] = set()  # (peer, height) catch-ups already sent
         self.checkpoint_votes: dict[int, dict[int, CheckpointVote]] = {}
         self.checkpoint_pending: dict[int, tuple[bytes, BlockHeader, Certificate]] = {}
-        self.resend: list[PeerMessage] = []  # own messages of the open instance / regency change
+        # Own messages of the open instance / regency change, as sent (to None: everyone).
+        self.resend: list[Send] = []
         self.last_resend = 0
         self.persist_seq = 0
         self.durable_upto = 0
@@ -273,7 +274,7 @@ class BftReplica:
     def _broadcast(self, message: PeerMessage, remember: bool = True) -> None:
         self._out.send.append(Send(to=None, message=message))
         if remember:
-            self.resend.append(message)
+            self.resend.append(Send(to=None, message=message))
             del self.resend[:-16]  # bounded: the newest messages matter
 
     def _retransmit(self) -> None:
@@ -283,8 +284,7 @@ class BftReplica:
         if self.ticks - self.last_resend < self.cfg.retransmit_ticks or not self.resend:
             return
         self.last_resend = self.ticks
-        for message in self.resend:
-            self._out.send.append(Send(to=None, message=message))
+        self._out.send.extend(self.resend)
 
     def _send(self, to: int, message: PeerMessage) -> None:
         assert to != self.id
@@ -637,7 +637,7 @@ class BftReplica:
         self.accepts.clear()
         self.accepted_by.clear()
         self.best_proof = None
-        self.resend = [m for m in self.resend if isinstance(m, Stop | StopData)]
+        self.resend = [s for s in self.resend if isinstance(s.message, Stop | StopData)]
         self.last_resend = self.ticks
         self.votes = {k: v for k, v in self.votes.items() if k[2] > header.height}
         for request in block.requests:
@@ -783,8 +783,8 @@ class BftReplica:
             self._maybe_sync()
         else:
             self._send(self.leader, stop_data)
-            self.resend = [m for m in self.resend if not isinstance(m, StopData)]
-            self.resend.append(stop_data)
+            self.resend = [s for s in self.resend if not isinstance(s.message, StopData)]
+            self.resend.append(Send(to=self.leader, message=stop_data))
         self._replay_future()
 
     def _on_stop_data(self, stop_data: StopData) -> None:

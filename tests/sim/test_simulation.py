@@ -33,6 +33,12 @@ def test_faulty_scenarios_really_exercise_their_fault() -> None:
     assert run("forged-messages").evidence > 0  # type: ignore[attr-defined]
     assert run("equivocating-leader").evidence > 0  # type: ignore[attr-defined]
     assert run("lossy-network").messages_dropped > 0  # type: ignore[attr-defined]
+    lying = Simulation(SimConfig(seed=1, scenario="byzantine-stopdata", record_trace=True)).run()
+    assert any("lying SYNC" in line for line in lying.trace)
+    catching_up = Simulation(
+        SimConfig(seed=1, scenario="crash-restart-catch-up", record_trace=True)
+    ).run()
+    assert any(line.startswith("r3 caught up") for line in catching_up.trace)
 
 
 def test_seven_replicas_with_two_byzantine() -> None:
