@@ -23,6 +23,7 @@ REQUESTS_PER_BLOCK_MAX = 256
 RECORD_SIZE = 128
 SIGNATURE_SIZE_MAX = 64
 CERTIFICATE_SIGNERS_MAX = 1024
+BLOCKS_PER_ANSWER_MAX = 256
 
 
 class MessageError(ValueError):
@@ -44,8 +45,26 @@ def _signature(value: object) -> None:
         raise MessageError("signature must be at most 64 bytes")
 
 
+def _instance(name: str, value: object, kind: type | tuple[type, ...]) -> None:
+    if not isinstance(value, kind):
+        raise MessageError(f"{name} has the wrong type ({type(value).__name__})")
+
+
+def _tuple_of(name: str, value: object, kind: type, limit: int) -> None:
+    if type(value) is not tuple or len(value) > limit:
+        raise MessageError(f"{name} must be a tuple of at most {limit} items")
+    for item in value:
+        _instance(name, item, kind)
+
+
 def digest_of(value: object) -> bytes:
     return hashlib.sha256(canonical(value)).digest()
+
+
+def body_hash(requests: tuple[Request, ...]) -> bytes:
+    """Commits to every request of a block, its client's signature included."""
+    return digest_of(tuple((r.client_id, r.request_number, r.transfers, r.signature)
+                           for r in requests))  # fmt: skip
 
 
 # ------------------------------------------------------------------ client side
@@ -91,6 +110,17 @@ class Reply:
     certificate: Certificate
     results: tuple[tuple[int, int, bytes], ...]  # (client, request, result codes u8 each)
 
+    def __post_init__(self) -> None:
+        _nat("replica_id", self.replica_id)
+        _nat("client_id", self.client_id)
+        _nat("request_number", self.request_number)
+        _instance("header", self.header, BlockHeader)
+        _instance("certificate", self.certificate, Certificate)
+        _tuple_of("results", self.results, tuple, REQUESTS_PER_BLOCK_MAX)
+        for entry in self.results:
+            if len(entry) != 3 or not isinstance(entry[2], bytes):
+                raise MessageError("results entries are (client, request number, codes)")
+
 
 # ------------------------------------------------------------------------ blocks
 
@@ -102,7 +132,7 @@ class BlockHeader:
     timestamp: int  # the first event's ledger timestamp, stamped by the leader
     merkle_root: bytes  # RFC 9162 over the block's transfer records
     log_size: int  # transfer records in all blocks up to and including this one
-    body_hash: bytes  # commits to the requests (client ids, numbers, signatures)
+    body_hash: bytes  # ``body_hash(requests)``: ids, numbers, records and signatures
     results_hash: bytes  # commits to every event's result code
     state_hash: bytes  # the ledger's state hash after applying this block
 
@@ -124,12 +154,8 @@ class Block:
     requests: tuple[Request, ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.header, BlockHeader):
-            raise MessageError("header must be a BlockHeader")
-        if type(self.requests) is not tuple or len(self.requests) > REQUESTS_PER_BLOCK_MAX:
-            raise MessageError(f"a block holds at most {REQUESTS_PER_BLOCK_MAX} requests")
-        if not all(isinstance(r, Request) for r in self.requests):
-            raise MessageError("requests must be Request values")
+        _instance("header", self.header, BlockHeader)
+        _tuple_of("requests", self.requests, Request, REQUESTS_PER_BLOCK_MAX)
 
     @property
     def digest(self) -> bytes:
@@ -171,6 +197,10 @@ class DecidedBlock:
     block: Block
     certificate: Certificate
 
+    def __post_init__(self) -> None:
+        _instance("block", self.block, Block)
+        _instance("certificate", self.certificate, Certificate)
+
 
 # ------------------------------------------------------------- replica to replica
 
@@ -184,6 +214,7 @@ class Propose:
     signature: bytes = b""
 
     def __post_init__(self) -> None:
+        _instance("block", self.block, Block)
         _nat("sender", self.sender)
         _nat("regency", self.regency)
         _nat("height", self.height)
@@ -241,6 +272,12 @@ class WriteProof:
     block: Block
     writes: tuple[Write, ...]
 
+    def __post_init__(self) -> None:
+        _nat("regency", self.regency)
+        _nat("height", self.height)
+        _instance("block", self.block, Block)
+        _tuple_of("writes", self.writes, Write, CERTIFICATE_SIGNERS_MAX)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StopData:
@@ -258,6 +295,9 @@ class StopData:
         _nat("sender", self.sender)
         _nat("regency", self.regency)
         _nat("decided_height", self.decided_height)
+        _instance("decided_header", self.decided_header, BlockHeader)
+        _instance("decided_certificate", self.decided_certificate, (Certificate, type(None)))
+        _instance("proof", self.proof, (WriteProof, type(None)))
         _signature(self.signature)
 
 
@@ -276,8 +316,8 @@ class Sync:
         _nat("sender", self.sender)
         _nat("regency", self.regency)
         _nat("height", self.height)
-        if type(self.stop_data) is not tuple or len(self.stop_data) > CERTIFICATE_SIGNERS_MAX:
-            raise MessageError("stop_data must be a bounded tuple")
+        _instance("block", self.block, Block)
+        _tuple_of("stop_data", self.stop_data, StopData, CERTIFICATE_SIGNERS_MAX)
         _signature(self.signature)
 
 
@@ -319,6 +359,13 @@ class StableCheckpoint:
     snapshot: bytes
     votes: tuple[CheckpointVote, ...]
 
+    def __post_init__(self) -> None:
+        _nat("height", self.height)
+        _instance("header", self.header, BlockHeader)
+        _instance("certificate", self.certificate, Certificate)
+        _instance("snapshot", self.snapshot, bytes)
+        _tuple_of("votes", self.votes, CheckpointVote, CERTIFICATE_SIGNERS_MAX)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Blocks:
@@ -331,8 +378,8 @@ class Blocks:
 
     def __post_init__(self) -> None:
         _nat("sender", self.sender)
-        if type(self.blocks) is not tuple:
-            raise MessageError("blocks must be a tuple")
+        _instance("checkpoint", self.checkpoint, (StableCheckpoint, type(None)))
+        _tuple_of("blocks", self.blocks, DecidedBlock, BLOCKS_PER_ANSWER_MAX)
         _signature(self.signature)
 
 

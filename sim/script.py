@@ -134,7 +134,7 @@ class ScriptedCluster:
                     state = "up" if replica in self.sim.alive else "down"
                     self.out.append(
                         f"r{replica} {state} regency={core.regency} decided=h{core.decided_height} "
-                        f"in_sync={core.in_sync} evidence={len(core.evidence)}"
+                        f"in_sync={core.in_sync} evidence={core.evidence_count}"
                     )
             case _:
                 raise ValueError(f"unknown script command {name!r}")

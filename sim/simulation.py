@@ -291,8 +291,8 @@ class Simulation:
             executor,
             self.genesis,
             self.disks[replica],
+            ticks=self.now,  # a restarted process reads the clock afresh
         )
-        core.ticks = self.now  # a restarted process reads the clock afresh
         behaviour = self.byzantine.get(replica)
         self.replicas[replica] = ByzantineReplica(core, behaviour, self.rng) if behaviour else core
         self.alive.add(replica)
@@ -523,7 +523,7 @@ class Simulation:
         result.requests_acknowledged = sum(len(c.acked) for c in self.clients)
         result.transfers_committed = max((len(s) for s in self.ok_transfers.values()), default=0)
         result.regency_changes = max((self.core(i).regency for i in self.honest()), default=0)
-        result.evidence = sum(len(self.core(i).evidence) for i in self.honest())
+        result.evidence = sum(self.core(i).evidence_count for i in self.honest())
         if result.failures:
             result.checks = {}
             result.failures.append(f"replay: {self.config.replay_command()}")

@@ -25,6 +25,7 @@ and replaying the decided blocks after it.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, assert_never
@@ -66,12 +67,14 @@ from consensus.messages import (
     Sync,
     Write,
     WriteProof,
+    body_hash,
     digest_of,
 )
 from consensus.quorum import faults_tolerated, leader_of, quorum
 from consensus.state_machine import Execution, StateMachine
 
 ZERO_DIGEST = bytes(32)
+EVIDENCE_KEPT_MAX = 1000
 _M = TypeVar("_M", bound=PeerMessage)
 
 
@@ -156,6 +159,7 @@ class BftReplica:
         state_machine: StateMachine,
         genesis: Genesis,
         records: Sequence[PersistRecord] = (),
+        ticks: int = 0,
     ) -> None:
         self.cfg = config
         self.id = config.replica_id
@@ -166,8 +170,9 @@ class BftReplica:
         self.verifier = verifier
         self.client_verifier = client_verifier
         self.sm = state_machine
-        self.ticks = 0
-        self.evidence: list[str] = []
+        self.ticks = ticks  # a restarted process starts from the driver's clock
+        self.evidence: deque[str] = deque(maxlen=EVIDENCE_KEPT_MAX)  # newest first to go
+        self.evidence_count = 0
         self.regency = 0
         self.in_sync = False  # between installing a regency and accepting its SYNC
         self.stop_sent = 0
@@ -190,6 +195,7 @@ class BftReplica:
         self.writes: dict[tuple[int, bytes], dict[int, Write]] = {}
         self.accepts: dict[tuple[int, bytes], dict[int, bytes]] = {}
         self.accepted_by: dict[tuple[int, int], bytes] = {}  # (sender, regency) -> digest
+        self.written_by: dict[tuple[int, int], bytes] = {}  # (sender, regency) -> digest
         self.votes: dict[tuple[str, int, int], bytes] = {}  # (kind, regency, height) -> digest
         self.best_proof: WriteProof | None = None
         self.speculative: bytes | None = None  # digest of the block executed on top
@@ -202,6 +208,7 @@ class BftReplica:
         self.fetch_deadline = 0
         self.fetch_peer = (self.id + 1) % self.n
         self.pushed: set[tuple[int, int]] = set()  # (peer, height) catch-ups already sent
+        self.answered: dict[int, int] = {}  # peer -> tick of the last fetch answered
         self.checkpoint_votes: dict[int, dict[int, CheckpointVote]] = {}
         self.checkpoint_pending: dict[int, tuple[bytes, BlockHeader, Certificate]] = {}
         # Own messages of the open instance / regency change, as sent (to None: everyone).
@@ -295,6 +302,7 @@ class BftReplica:
 
     def _blame(self, sender: int, why: str) -> None:
         """A peer or client sent something wrong: keep evidence, change nothing."""
+        self.evidence_count += 1
         self.evidence.append(f"from {sender}: {why}")
         self._trace(f"evidence from {sender}: {why}")
 
@@ -303,7 +311,12 @@ class BftReplica:
         if not 0 <= sender < self.n or sender == self.id:
             self._blame(sender, f"{type(message).__name__} from an impossible sender")
             return False
-        if not self.verifier.verify(sender, canonical(message), message.signature):
+        try:
+            signed = canonical(message)
+        except (TypeError, ValueError) as error:  # a value no honest replica can produce
+            self._blame(sender, f"{type(message).__name__} that cannot be encoded: {error}")
+            return False
+        if not self.verifier.verify(sender, signed, message.signature):
             self._blame(sender, f"{type(message).__name__} with a bad signature")
             return False
         return True
@@ -352,7 +365,7 @@ class BftReplica:
         if self.best_proof is not None and self.best_proof.height != self.height:
             self.best_proof = None
         self.in_sync = self.regency > 0  # wait for the regency's SYNC or the next one
-        self.regency_deadline = self.cfg.regency_timeout_ticks
+        self.regency_deadline = self.ticks + self.cfg.regency_timeout_ticks
 
     # ================================================================ requests
 
@@ -429,15 +442,15 @@ class BftReplica:
 
     def _seal(self, requests: Sequence[Request], first: int) -> tuple[BlockHeader, Execution]:
         execution = self.sm.execute(requests, first)
-        body_hash = digest_of(tuple(requests))
-        root, records = _block_merkle(body_hash, requests)
+        body = body_hash(tuple(requests))
+        root, records = _block_merkle(body, requests)
         header = BlockHeader(
             height=self.height,
             parent_hash=self.last_header.digest,
             timestamp=first,
             merkle_root=root,
             log_size=self.last_header.log_size + records,
-            body_hash=body_hash,
+            body_hash=body,
             results_hash=digest_of(execution.results),
             state_hash=execution.state_hash,
         )
@@ -482,8 +495,13 @@ class BftReplica:
             return True
         if (height is not None and height > self.height) or regency > self.regency:
             if height is not None and height > self.height + 1:
+                # Far ahead: this replica lags.  Fetch (from a rotating peer), keep nothing.
                 self._schedule_fetch(message.sender)
-            if len(self.future) < self.cfg.future_messages_max:
+                return True
+            if regency > self.regency + self.n:
+                return True  # beyond any regency change in progress: nothing to keep
+            quota = self.cfg.future_messages_max // self.n  # one peer cannot crowd the rest
+            if sum(1 for m in self.future if m.sender == message.sender) < quota:
                 self.future.append(message)
             return True
         return False
@@ -547,6 +565,10 @@ class BftReplica:
         self._record_write(write)
 
     def _record_write(self, write: Write) -> None:
+        first = self.written_by.setdefault((write.sender, write.regency), write.digest)
+        if first != write.digest:
+            self._blame(write.sender, f"two WRITEs in regency {write.regency}")
+            return
         bucket = self.writes.setdefault((write.regency, write.digest), {})
         bucket.setdefault(write.sender, write)
         block = self.proposals.get(write.regency)
@@ -636,6 +658,7 @@ class BftReplica:
         self.writes.clear()
         self.accepts.clear()
         self.accepted_by.clear()
+        self.written_by.clear()
         self.best_proof = None
         self.resend = [s for s in self.resend if isinstance(s.message, Stop | StopData)]
         self.last_resend = self.ticks
@@ -682,25 +705,39 @@ class BftReplica:
             return "wrong parent hash"
         if sum(r.events for r in block.requests) > self.cfg.block_events_max:
             return "too many events"
-        keys = [r.key for r in block.requests]
-        if len(set(keys)) != len(keys):
-            return "a request appears twice"
-        for request in block.requests:
-            if not self._request_valid(request):
-                return f"request {request.key} is not a valid client request"
+        problem = self._body_problem(block)
+        if problem is not None:
+            return problem
         self._rollback_speculation()
         if header.timestamp <= self.sm.last_timestamp():
             return "timestamp does not advance"
         if header.timestamp > self._now_ns() + self.cfg.timestamp_skew_max_ns:
             return "timestamp too far ahead of this replica's clock"
-        if header.body_hash != digest_of(block.requests):
-            return "body hash mismatch"
         expected, execution = self._seal(block.requests, header.timestamp)
         self.speculative = block.digest
         self.speculative_execution = execution
         if expected != header:
             self._rollback_speculation()
             return "header does not match the block's execution"
+        return None
+
+    def _body_problem(self, block: Block) -> str | None:
+        """Why the requests do not belong to the header or are not client-signed, or None.
+
+        A certificate or a write proof vouches for a header only; the body must be
+        checked against the header's body hash and Merkle root before it is trusted.
+        """
+        keys = [r.key for r in block.requests]
+        if len(set(keys)) != len(keys):
+            return "a request appears twice"
+        body = body_hash(block.requests)
+        if body != block.header.body_hash:
+            return "body hash mismatch"
+        if _block_merkle(body, block.requests)[0] != block.header.merkle_root:
+            return "Merkle root mismatch"
+        for request in block.requests:
+            if not self._request_valid(request):
+                return f"request {request.key} is not a valid client request"
         return None
 
     def _rollback_speculation(self) -> None:
@@ -725,6 +762,7 @@ class BftReplica:
         if self.in_sync or self.stop_sent > self.regency:
             if self.ticks >= self.regency_deadline:
                 self.failed_regencies += 1
+                self.regency_deadline = self.ticks + self._regency_timeout()
                 self._start_regency_change(max(self.stop_sent, self.regency) + 1)
             return
         if not self.pending:
@@ -735,6 +773,9 @@ class BftReplica:
             self._start_regency_change(self.regency + 1)
 
     def _start_regency_change(self, regency: int) -> None:
+        # Never run ahead of the window peers accept (regency + n + 1): after a long
+        # outage every replica stops at the same cap, and they meet there.
+        regency = min(regency, self.regency + self.n)
         if regency <= self.stop_sent:
             return
         self.stop_sent = regency
@@ -840,7 +881,11 @@ class BftReplica:
             if not self.verifier.verify(write.sender, canonical(write), write.signature):
                 return False
             senders.add(write.sender)
-        return len(senders) >= self.q and proof.block.header.height == proof.height
+        return (
+            len(senders) >= self.q
+            and proof.block.header.height == proof.height
+            and self._body_problem(proof.block) is None
+        )
 
     def _sync_choice(self, stop_data: Iterable[StopData]) -> tuple[int, WriteProof | None]:
         """(height to synchronise, the proof whose block must be re-proposed or None)."""
@@ -936,7 +981,9 @@ class BftReplica:
         for entry in sync.stop_data:
             if entry.regency != sync.regency or entry.sender in senders:
                 return "STOP-DATA for another regency or repeated"
-            if entry.sender != self.id and not (
+            # Every entry, this replica's own included: a leader must not be able to
+            # stand in for us and hide the write proof we hold.
+            if not (
                 0 <= entry.sender < self.n
                 and self.verifier.verify(entry.sender, canonical(entry), entry.signature)
             ):
@@ -951,6 +998,13 @@ class BftReplica:
             return f"height {sync.height}, the STOP-DATAs require {height}"
         if proof is not None and proof.block.digest != sync.block.digest:
             return "did not re-propose the block of the highest write proof"
+        own = self.best_proof
+        if (
+            own is not None
+            and own.height == height
+            and (proof is None or own.regency > proof.regency)
+        ):
+            return "ignores a write proof this replica holds"
         return None
 
     # ================================================================ checkpoints
@@ -1059,7 +1113,13 @@ class BftReplica:
         self._answer_fetch(peer, height - 1)
 
     def _on_fetch(self, fetch: FetchBlocks) -> None:
+        # At most one answer per peer per retry period: answers carry whole blocks.
+        if self.ticks - self.answered.get(fetch.sender, -self.cfg.fetch_retry_ticks) < (
+            self.cfg.fetch_retry_ticks
+        ):
+            return
         if fetch.after_height < self.decided_height:
+            self.answered[fetch.sender] = self.ticks
             self._answer_fetch(fetch.sender, fetch.after_height)
 
     def _answer_fetch(self, peer: int, after_height: int) -> None:
@@ -1082,12 +1142,11 @@ class BftReplica:
             if not self._checkpoint_valid(stable):
                 self._blame(answer.sender, "forged checkpoint")
                 return
+            self._rollback_speculation()
             try:
-                self._rollback_speculation()
-                self._install_checkpoint(stable)
+                self._install_checkpoint(stable)  # restore is all-or-nothing
             except ValueError as error:
                 self._blame(answer.sender, f"checkpoint snapshot rejected: {error}")
-                self.sm.restore(self.base_snapshot, self.base_header.state_hash)
                 return
             self._persist(CheckpointRecord(checkpoint=stable))
             self._reset_instance()
@@ -1098,6 +1157,9 @@ class BftReplica:
                 continue
             if header.parent_hash != self.last_header.digest or not self._certified(decided):
                 self._blame(answer.sender, f"uncertified block at h{header.height}")
+                return
+            if (problem := self._body_problem(decided.block)) is not None:
+                self._blame(answer.sender, f"certified header with a forged body: {problem}")
                 return
             self._persist(DecidedRecord(decided=decided))
             self._apply_decided(decided, replaying=False)
@@ -1116,4 +1178,7 @@ class BftReplica:
         self.writes.clear()
         self.accepts.clear()
         self.accepted_by.clear()
+        self.written_by.clear()
+        # Which of them the checkpoint decided is unknown here: clients retry the rest.
+        self.pending.clear()
         self.best_proof = None

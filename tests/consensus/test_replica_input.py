@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consensus.bft.replica import _block_merkle
 from consensus.encoding import canonical
 from consensus.messages import (
     Accept,
@@ -18,6 +19,7 @@ from consensus.messages import (
     Request,
     Stop,
     Write,
+    body_hash,
 )
 from ledger import Transfer, encode_transfers
 from sim.script import ScriptedCluster
@@ -40,10 +42,11 @@ def _signed(cluster: ScriptedCluster, message: Propose) -> Propose:
 
 def _step(cluster: ScriptedCluster, replica: int, message: object) -> list[str]:
     core = cluster.sim.core(replica)
-    before = len(core.evidence)
+    before = core.evidence_count
     effects = core.step(message)  # type: ignore[arg-type]
     assert core.decided_height == 0
-    return core.evidence[before:] + [type(s.message).__name__ for s in effects.send]
+    fresh = list(core.evidence)[len(core.evidence) - (core.evidence_count - before) :]
+    return fresh + [type(s.message).__name__ for s in effects.send]
 
 
 def test_proposal_with_wrong_parent_is_evidence_and_starts_a_regency_change() -> None:
@@ -64,14 +67,26 @@ def test_proposal_with_undecodable_or_unsigned_request_is_refused() -> None:
     garbage = bytearray(request.transfers)
     garbage[119] = 0x80  # flag bit 15 is no transfer flag: the ledger cannot decode it
     forged = dataclasses.replace(request, transfers=bytes(garbage))
+    # A header that matches the forged body, so the request check itself must refuse it.
+    body = body_hash((forged,))
+    header = dataclasses.replace(
+        proposal.block.header, body_hash=body, merkle_root=_block_merkle(body, (forged,))[0]
+    )
     bad = _signed(
-        cluster,
-        dataclasses.replace(
-            proposal, block=Block(header=proposal.block.header, requests=(forged,))
-        ),
+        cluster, dataclasses.replace(proposal, block=Block(header=header, requests=(forged,)))
     )
     out = _step(cluster, 2, bad)
     assert any("not a valid client request" in line for line in out)
+
+
+def test_header_whose_body_was_swapped_is_refused() -> None:
+    cluster, proposal = _cluster_with_open_proposal()
+    other = dataclasses.replace(proposal.block.requests[0], request_number=99)
+    bad = _signed(
+        cluster,
+        dataclasses.replace(proposal, block=Block(header=proposal.block.header, requests=(other,))),
+    )
+    assert any("body hash mismatch" in line for line in _step(cluster, 2, bad))
 
 
 def test_far_future_timestamp_is_refused() -> None:
