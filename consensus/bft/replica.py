@@ -1000,7 +1000,8 @@ class BftReplica:
             return "did not re-propose the block of the highest write proof"
         own = self.best_proof
         if (
-            own is not None
+            not self.cfg.unsafe_skip_sync_reproposal  # the broken variant drops the whole rule
+            and own is not None
             and own.height == height
             and (proof is None or own.regency > proof.regency)
         ):
