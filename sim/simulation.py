@@ -63,6 +63,8 @@ class SimConfig:
         extra = ""
         if self.byzantine is not None:
             extra = f" --byzantine {self.byzantine}"
+        if self.checkpoint_interval != 8:
+            extra += f" --checkpoint-interval {self.checkpoint_interval}"
         return (
             f"aegis sim run --seed {self.seed} --scenario {self.scenario} "
             f"--replicas {self.replicas}{extra}"

@@ -336,6 +336,7 @@ class BftReplica:
         """Rebuild from persisted records: checkpoint, decided blocks, votes, proofs."""
         checkpoint = None
         decided: dict[int, DecidedBlock] = {}
+        proofs: list[WriteProof] = []
         for record in records:
             match record:
                 case RegencyRecord(regency=regency):
@@ -344,11 +345,7 @@ class BftReplica:
                 case VoteRecord(kind=kind, regency=regency, height=height, digest=digest):
                     self.votes[(kind, regency, height)] = digest
                 case ProofRecord(proof=proof):
-                    if self.best_proof is None or (proof.height, proof.regency) > (
-                        self.best_proof.height,
-                        self.best_proof.regency,
-                    ):
-                        self.best_proof = proof
+                    proofs.append(proof)
                 case DecidedRecord(decided=block):
                     decided[block.block.header.height] = block
                 case CheckpointRecord(checkpoint=stable):
@@ -362,8 +359,10 @@ class BftReplica:
         for height in sorted(decided):
             if height == self.decided_height + 1:
                 self._apply_decided(decided[height], replaying=True)
-        if self.best_proof is not None and self.best_proof.height != self.height:
-            self.best_proof = None
+        # Only after the replay (which clears the instance): the proof for the open
+        # height is what STOP-DATA must report, so a restart must never drop it.
+        current = [p for p in proofs if p.height == self.height]
+        self.best_proof = max(current, key=lambda p: p.regency) if current else None
         self.in_sync = self.regency > 0  # wait for the regency's SYNC or the next one
         self.regency_deadline = self.ticks + self.cfg.regency_timeout_ticks
 
@@ -498,13 +497,19 @@ class BftReplica:
                 # Far ahead: this replica lags.  Fetch (from a rotating peer), keep nothing.
                 self._schedule_fetch(message.sender)
                 return True
-            if regency > self.regency + self.n:
-                return True  # beyond any regency change in progress: nothing to keep
-            quota = self.cfg.future_messages_max // self.n  # one peer cannot crowd the rest
-            if sum(1 for m in self.future if m.sender == message.sender) < quota:
-                self.future.append(message)
+            self._keep_for_later(message)
             return True
         return False
+
+    def _keep_for_later(self, message: PeerMessage) -> None:
+        """Buffer an early message, within a regency window and a per-peer quota."""
+        if getattr(message, "regency", self.regency) > self.regency + self.n:
+            return  # beyond any regency change in progress: nothing to keep
+        if message in self.future or len(self.future) >= self.cfg.future_messages_max:
+            return
+        quota = self.cfg.future_messages_max // self.n  # one peer cannot crowd the rest
+        if sum(1 for m in self.future if m.sender == message.sender) < quota:
+            self.future.append(message)
 
     def _replay_future(self) -> None:
         kept, self.future = self.future, []
@@ -832,8 +837,7 @@ class BftReplica:
         if stop_data.regency < self.regency or leader_of(stop_data.regency, self.n) != self.id:
             return
         if stop_data.regency > self.regency:
-            if len(self.future) < self.cfg.future_messages_max:
-                self.future.append(stop_data)
+            self._keep_for_later(stop_data)
             return
         problem = self._stop_data_problem(stop_data)
         if problem is not None:
@@ -952,10 +956,15 @@ class BftReplica:
             self._blame(sync.sender, f"lying SYNC: {problem}")
             return
         if sync.regency > self.regency:
-            # q valid STOP-DATAs prove q replicas moved: follow them.
+            # q valid STOP-DATAs prove q replicas moved: follow them, as if installed here,
+            # so no plain PROPOSE of this regency is taken before its SYNC.
             self.regency = sync.regency
             self.stop_sent = max(self.stop_sent, sync.regency)
+            self.in_sync = True
+            self.regency_deadline = self.ticks + self._regency_timeout()
+            self.stops = {r: s for r, s in self.stops.items() if r > sync.regency}
             self._persist(RegencyRecord(regency=sync.regency))
+            self._restart_request_timers()
         height, _ = self._sync_choice(sync.stop_data)
         if height > self.height:
             self._catch_up_from(sync.stop_data)
@@ -1180,6 +1189,7 @@ class BftReplica:
         self.accepts.clear()
         self.accepted_by.clear()
         self.written_by.clear()
+        self.resend = [s for s in self.resend if isinstance(s.message, Stop | StopData)]
         # Which of them the checkpoint decided is unknown here: clients retry the rest.
         self.pending.clear()
         self.best_proof = None

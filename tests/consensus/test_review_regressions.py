@@ -17,9 +17,11 @@ from consensus.messages import (
     Blocks,
     DecidedBlock,
     PeerMessage,
+    Propose,
     Stop,
     StopData,
     Sync,
+    Write,
 )
 from sim.script import ScriptedCluster
 
@@ -163,3 +165,104 @@ def test_far_future_messages_cannot_fill_the_buffer() -> None:
         r0.step(_signed(cluster, Stop(sender=1, regency=regency)))
     assert len(r0.future) <= r0.cfg.future_messages_max // r0.n
     assert max(r0.stops, default=0) <= r0.regency + r0.n + 1
+
+
+# ------------------------------------------------- second review, same method
+
+
+def test_a_restart_keeps_the_write_proof_of_the_open_height() -> None:
+    """All honest: a restart must not forget a proof, or a regency change forks."""
+    cluster = ScriptedCluster()
+    core = cluster.sim.core
+    _decide(cluster, 1)  # a decided block after the last checkpoint, replayed on restart
+    cluster.run("request client=0 transfers=2")
+    cluster.run("deliver type=Request")
+    cluster.run("deliver type=Propose")
+    cluster.run("drop type=Write to=3")
+    cluster.run("deliver type=Write")  # r0, r1, r2 hold proofs for D and ACCEPT
+    cluster.run("deliver type=Accept to=0")  # only r0 decides D
+    cluster.queue.clear()
+    decided = core(0).log[2].block.digest
+    for replica in (1, 2):
+        cluster.run(f"crash {replica}")
+        cluster.run(f"restart {replica}")
+        proof = core(replica).best_proof
+        assert proof is not None and proof.height == 2 and proof.block.digest == decided
+    # r0 falls silent; the others change regency and must re-propose D.
+    cluster.run("request client=1 transfers=1")
+    for _ in range(400):
+        cluster.run("tick")
+        cluster.queue = [i for i in cluster.queue if "r0" not in i[:2]]
+        for _ in range(50):
+            batch, cluster.queue = cluster.queue, []
+            for item in batch:
+                if "r0" not in item[:2]:
+                    cluster._deliver_one(*item)
+            if not cluster.queue:
+                break
+        if all(core(i).decided_height >= 2 for i in (1, 2, 3)):
+            break
+    assert [core(i).log[2].block.digest for i in (1, 2, 3)] == [decided] * 3
+
+
+def test_future_stop_data_cannot_overflow_the_buffer() -> None:
+    cluster = ScriptedCluster()
+    r0 = cluster.sim.core(0)
+    genesis = cluster.sim.genesis.header
+    for k in range(1, 600):
+        r0.step(
+            _signed(
+                cluster,
+                StopData(
+                    sender=1,
+                    regency=4 * k,
+                    decided_height=0,
+                    decided_header=genesis,
+                    decided_certificate=None,
+                    proof=None,
+                ),
+            )
+        )
+    assert len(r0.future) <= r0.cfg.future_messages_max // r0.n
+    digest = bytes(32)
+    r0.step(_signed(cluster, Accept(sender=2, regency=0, height=2, digest=digest)))  # no crash
+
+
+def test_following_a_regency_by_sync_still_waits_for_its_sync() -> None:
+    """A lagging replica that adopts a regency from a SYNC must not take a plain PROPOSE."""
+    cluster = ScriptedCluster()
+    _decide(cluster, 1, without=3)
+    r = [cluster.sim.core(i) for i in range(4)]
+    for sender in (0, 1, 2):
+        stop = _signed(cluster, Stop(sender=sender, regency=1))
+        for target in (0, 2):
+            if target != sender:
+                cluster._handle(target, r[target].step(stop))
+    stop_data = [m for _, dst, m in cluster.queue if isinstance(m, StopData) and dst == "r1"]
+    cluster.queue.clear()
+    leader_entry = _signed(
+        cluster,
+        StopData(
+            sender=1,
+            regency=1,
+            decided_height=1,
+            decided_header=r[0].last_header,
+            decided_certificate=r[0].last_certificate,
+            proof=None,
+        ),
+    )
+    sync = _signed(
+        cluster,
+        Sync(
+            sender=1,
+            regency=1,
+            height=2,
+            block=r[1]._build_block([]),
+            stop_data=(stop_data[0], leader_entry, stop_data[1]),
+        ),
+    )
+    r[3].step(sync)
+    assert r[3].regency == 1 and r[3].in_sync  # adopted, and waiting for that regency's SYNC
+    other = ScriptedCluster().sim.core(1)._build_block([])  # a block for the decided height 1
+    effects = r[3].step(_signed(cluster, Propose(sender=1, regency=1, height=1, block=other)))
+    assert not any(isinstance(s.message, Write) for s in effects.send)
