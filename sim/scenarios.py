@@ -93,6 +93,22 @@ SCENARIOS: dict[str, Scenario] = {
             heal_tick=150,
         ),
         Scenario(
+            name="restart-under-byzantine",
+            summary="honest replicas crash mid-step and restart while a Byzantine one forges "
+            "and the network loses messages",
+            byzantine=("forge",),
+            network=NetworkProfile(delay_ticks_max=3, loss=0.05),
+            schedule=(
+                (30, ("crash_after_persist", 1)),
+                (60, ("restart", 1)),
+                (90, ("crash_after_persist", 2)),
+                (120, ("restart", 2)),
+                (150, ("crash_after_persist", 0)),
+                (180, ("restart", 0)),
+            ),
+            heal_tick=180,
+        ),
+        Scenario(
             name="lossy-network",
             summary="10% loss, 5% duplication and reordering on every link",
             network=NetworkProfile(
