@@ -17,6 +17,7 @@ from consensus.messages import (
     PeerMessage,
     Reply,
     StableCheckpoint,
+    Stop,
     WriteProof,
 )
 
@@ -24,6 +25,7 @@ from consensus.messages import (
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegencyRecord:
     regency: int
+    stops: tuple[Stop, ...] = ()  # the q STOPs that installed it, shared with stranded peers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

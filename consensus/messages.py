@@ -264,6 +264,22 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RegencyProof:
+    """The q signed STOPs that installed ``regency``, re-sent so a stranded peer can follow."""
+
+    sender: int
+    regency: int
+    stops: tuple[Stop, ...]
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("regency", self.regency)
+        _tuple_of("stops", self.stops, Stop, CERTIFICATE_SIGNERS_MAX)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WriteProof:
     """q signed WRITEs for one block in one regency: the block may have been decided."""
 
@@ -394,6 +410,15 @@ class Persisted:
 
 
 PeerMessage: TypeAlias = (
-    Propose | Write | Accept | Stop | StopData | Sync | CheckpointVote | FetchBlocks | Blocks
+    Propose
+    | Write
+    | Accept
+    | Stop
+    | RegencyProof
+    | StopData
+    | Sync
+    | CheckpointVote
+    | FetchBlocks
+    | Blocks
 )
 Message: TypeAlias = PeerMessage | Request | Persisted

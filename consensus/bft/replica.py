@@ -59,6 +59,7 @@ from consensus.messages import (
     PeerMessage,
     Persisted,
     Propose,
+    RegencyProof,
     Reply,
     Request,
     StableCheckpoint,
@@ -178,7 +179,8 @@ class BftReplica:
         self.stop_sent = 0
         self.failed_regencies = 0
         self.regency_deadline = 0
-        self.stops: dict[int, set[int]] = {}
+        self.stops: dict[int, dict[int, Stop]] = {}  # regency -> sender -> signed STOP
+        self.install_proof: tuple[Stop, ...] = ()  # the q STOPs that installed self.regency
         self.stop_data: dict[int, dict[int, StopData]] = {}
         self.pending_sync: Sync | None = None
         # Decided history since the stable checkpoint (or genesis).
@@ -234,6 +236,7 @@ class BftReplica:
                 | Write()
                 | Accept()
                 | Stop()
+                | RegencyProof()
                 | StopData()
                 | Sync()
                 | CheckpointVote()
@@ -288,6 +291,7 @@ class BftReplica:
         """Lossy links: re-send the open instance's own votes; probe for newer blocks."""
         if self.ticks % self.cfg.probe_ticks == 0:
             self._fetch()
+            self._share_regency_proof()
         if self.ticks - self.last_resend < self.cfg.retransmit_ticks or not self.resend:
             return
         self.last_resend = self.ticks
@@ -339,8 +343,10 @@ class BftReplica:
         proofs: list[WriteProof] = []
         for record in records:
             match record:
-                case RegencyRecord(regency=regency):
-                    self.regency = max(self.regency, regency)
+                case RegencyRecord(regency=regency, stops=stops):
+                    if regency >= self.regency:
+                        self.regency = regency
+                        self.install_proof = stops  # empty when adopted from a SYNC
                     self.stop_sent = max(self.stop_sent, regency)
                 case VoteRecord(kind=kind, regency=regency, height=height, digest=digest):
                     self.votes[(kind, regency, height)] = digest
@@ -472,6 +478,8 @@ class BftReplica:
                 self._on_accept(message)
             case Stop():
                 self._on_stop(message)
+            case RegencyProof():
+                self._on_regency_proof(message)
             case StopData():
                 self._on_stop_data(message)
             case Sync():
@@ -798,12 +806,44 @@ class BftReplica:
         self._record_stop(stop)
 
     def _record_stop(self, stop: Stop) -> None:
-        senders = self.stops.setdefault(stop.regency, set())
-        senders.add(stop.sender)
+        senders = self.stops.setdefault(stop.regency, {})
+        senders.setdefault(stop.sender, stop)
         if len(senders) >= self.f + 1 and stop.regency > self.stop_sent:
             self._start_regency_change(stop.regency)  # f + 1 include an honest replica: join
         if len(senders) >= self.q and stop.regency > self.regency:
+            self.install_proof = tuple(senders[s] for s in sorted(senders))[: self.q]
             self._install_regency(stop.regency)
+
+    def _on_regency_proof(self, proof: RegencyProof) -> None:
+        """A peer shows q signed STOPs for a regency above ours: we were stranded, follow."""
+        if proof.regency <= self.regency:
+            return
+        signers = set()
+        for stop in proof.stops:
+            if stop.regency != proof.regency or not 0 <= stop.sender < self.n:
+                break
+            if not self.verifier.verify(stop.sender, canonical(stop), stop.signature):
+                break
+            signers.add(stop.sender)
+        else:
+            if len(signers) >= self.q:
+                self.install_proof = proof.stops
+                self._install_regency(proof.regency)
+                return
+        self._blame(proof.sender, f"regency proof for {proof.regency} does not hold")
+
+    def _share_regency_proof(self) -> None:
+        """Anti-entropy for regencies: replicas left in lower regencies (a partition, a
+        restart, a peer that sent its STOP to only some) learn the one we installed."""
+        if self.install_proof:
+            self._out.send.append(
+                Send(
+                    to=None,
+                    message=self._sign(
+                        RegencyProof(sender=self.id, regency=self.regency, stops=self.install_proof)
+                    ),
+                )
+            )
 
     def _install_regency(self, regency: int) -> None:
         self.regency = regency
@@ -811,7 +851,9 @@ class BftReplica:
         self.in_sync = True
         self.regency_deadline = self.ticks + self._regency_timeout()
         self.stops = {r: s for r, s in self.stops.items() if r > regency}
-        self._persist(RegencyRecord(regency=regency))
+        if self.install_proof and self.install_proof[0].regency != regency:
+            self.install_proof = ()
+        self._persist(RegencyRecord(regency=regency, stops=self.install_proof))
         self._restart_request_timers()  # the new leader gets a full timeout
         self._trace(f"install regency {regency} (leader {self.leader})")
         stop_data = self._sign(
@@ -963,6 +1005,7 @@ class BftReplica:
             self.in_sync = True
             self.regency_deadline = self.ticks + self._regency_timeout()
             self.stops = {r: s for r, s in self.stops.items() if r > sync.regency}
+            self.install_proof = ()  # proven by STOP-DATAs, not by STOPs we could share
             self._persist(RegencyRecord(regency=sync.regency))
             self._restart_request_timers()
         height, _ = self._sync_choice(sync.stop_data)

@@ -266,3 +266,36 @@ def test_following_a_regency_by_sync_still_waits_for_its_sync() -> None:
     other = ScriptedCluster().sim.core(1)._build_block([])  # a block for the decided height 1
     effects = r[3].step(_signed(cluster, Propose(sender=1, regency=1, height=1, block=other)))
     assert not any(isinstance(s.message, Write) for s in effects.send)
+
+
+# ------------------------------------------------- third review (random adversarial driver)
+
+
+def test_replicas_stranded_in_different_regencies_meet_again() -> None:
+    """Honest replicas at regencies 0, 3 and 4 with the fourth silent must converge."""
+    cluster = ScriptedCluster()
+    core = cluster.sim.core
+    cluster.run("crash 1")  # the Byzantine replica says nothing from now on
+
+    def install(replica: int, regency: int, signers: tuple[int, ...]) -> None:
+        for signer in signers:
+            core(replica).step(_signed(cluster, Stop(sender=signer, regency=regency)))
+        assert core(replica).regency == regency
+
+    install(0, 4, (1, 2, 3))  # r0 saw a quorum for 4 that r2 and r3 never completed
+    install(3, 3, (0, 1, 2))
+    cluster.queue.clear()
+    cluster.run("request client=0 transfers=1")
+    cluster.run("deliver type=Request")
+    for _ in range(8_000):  # alone, each times out up to the cap of its own regency
+        cluster.run("tick")
+        cluster.queue.clear()
+    assert [core(i).regency for i in (0, 2, 3)] == [4, 0, 3]
+    assert [core(i).stop_sent for i in (0, 2, 3)] == [8, 4, 7]
+    for _ in range(6_000):  # regency timeouts have grown to 3840 ticks by now
+        cluster.run("tick")
+        cluster.run("stabilize")
+        if all(core(i).decided_height >= 1 for i in (0, 2, 3)):
+            break
+    assert all(core(i).decided_height >= 1 for i in (0, 2, 3))
+    assert len({core(i).regency for i in (0, 2, 3)}) == 1
