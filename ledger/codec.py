@@ -43,10 +43,6 @@ class DecodeError(ValueError):
     """Bytes that are not a canonical record; the message names the field."""
 
 
-def _split(value: int) -> tuple[int, int]:
-    return value & _MASK64, value >> 64
-
-
 def encode_account(account: Account) -> bytes:
     a = account
     return _RECORD.pack(

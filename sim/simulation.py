@@ -537,8 +537,3 @@ def _describe(payload: object) -> str:
     regency = getattr(payload, "regency", "")
     sender = getattr(payload, "sender", getattr(payload, "client_id", ""))
     return f"{name}:{sender}:{height}:{regency}"
-
-
-def run(config: SimConfig, on_progress: Callable[[int], None] | None = None) -> SimResult:
-    del on_progress
-    return Simulation(config).run()

@@ -268,9 +268,6 @@ class BftReplica:
         """The height being decided now."""
         return self.decided_height + 1
 
-    def decided_block(self, height: int) -> DecidedBlock | None:
-        return self.log.get(height)
-
     # ================================================================ plumbing
 
     def _persist(self, record: PersistRecord) -> None:
@@ -330,7 +327,7 @@ class BftReplica:
         assert self.last_header.height == self.decided_height
         assert len(self.future) <= self.cfg.future_messages_max
         assert len(self.pending) <= self.cfg.pending_requests_max
-        assert self.stop_sent <= self.regency + self.n + 1 or self.stop_sent >= self.regency
+        assert self.regency <= self.stop_sent <= self.regency + self.n
         if self.speculative is not None:
             assert self.speculative in {b.digest for b in self.proposals.values()}
 
