@@ -3,8 +3,8 @@
 Guarantees: the core drives any ``StateMachine`` only through this protocol,
 in decided (or speculatively proposed) order; it never reaches into the
 ledger.  ``execute`` is deterministic: the same requests on the same state at
-the same first timestamp give the same results table and state hash on every
-replica.
+the same first timestamp (and fallback term) give the same results table and
+state hash on every replica.
 """
 
 from __future__ import annotations
@@ -32,7 +32,18 @@ class StateMachine(Protocol):
         """Why the request can never execute (undecodable records), or None."""
         ...
 
-    def execute(self, requests: Sequence[Request], first_timestamp: int) -> Execution: ...
+    def execute(
+        self, requests: Sequence[Request], first_timestamp: int, fallback_term: int = 0
+    ) -> Execution:
+        """Apply a decided (or proposed) block; ``first_timestamp`` > ``last_timestamp()``.
+
+        ``fallback_term`` is the term of the fallback leader that built the block,
+        0 for a block built in BFT mode.  A fallback block is provisional: its
+        transfers count against the exposure limit of the current fallback epoch
+        and those over it are refused with a result code; a BFT block ends the
+        epoch.  The term is part of the block, so execution stays deterministic.
+        """
+        ...
 
     def snapshot(self) -> bytes: ...
 
