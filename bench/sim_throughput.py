@@ -26,10 +26,12 @@ from sim.simulation import SimConfig, Simulation
 class TimedExecutor(LedgerExecutor):
     execute_seconds = 0.0
 
-    def execute(self, requests: Sequence[Request], first_timestamp: int) -> Execution:
+    def execute(
+        self, requests: Sequence[Request], first_timestamp: int, fallback_term: int = 0
+    ) -> Execution:
         started = time.perf_counter()
         try:
-            return super().execute(requests, first_timestamp)
+            return super().execute(requests, first_timestamp, fallback_term)
         finally:
             TimedExecutor.execute_seconds += time.perf_counter() - started
 

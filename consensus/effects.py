@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from consensus.messages import (
+    Block,
     DecidedBlock,
+    ElectionProof,
+    FallbackMessage,
+    LogEntry,
     PeerMessage,
     Reply,
     StableCheckpoint,
@@ -53,15 +57,50 @@ class CheckpointRecord:
     checkpoint: StableCheckpoint
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TermRecord:
+    """Fallback: the current term and the vote cast in it (Raft's persistent state).
+
+    Durable before any vote or append answer leaves: a restarted replica must never
+    vote twice in one term nor forget a term it joined."""
+
+    term: int
+    voted_for: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryRecord:
+    """Fallback: ``entry`` now sits at ``height``; every record for a higher height is void."""
+
+    height: int
+    entry: LogEntry
+    election: ElectionProof | None  # proves the term of the log's last entry was led
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModeRecord:
+    """The mode controller's durable view: the fallback epochs it entered."""
+
+    mode: str  # "bft" | "fallback"
+    epoch: int
+
+
 PersistRecord: TypeAlias = (
-    RegencyRecord | VoteRecord | ProofRecord | DecidedRecord | CheckpointRecord
+    RegencyRecord
+    | VoteRecord
+    | ProofRecord
+    | DecidedRecord
+    | CheckpointRecord
+    | TermRecord
+    | EntryRecord
+    | ModeRecord
 )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Send:
     to: int | None  # None: every other replica
-    message: PeerMessage
+    message: PeerMessage | FallbackMessage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +109,7 @@ class Effects:
     send: tuple[Send, ...] = ()
     replies: tuple[Reply, ...] = ()
     decided: tuple[DecidedBlock, ...] = ()
+    committed: tuple[Block, ...] = ()  # provisionally committed by a fallback majority
     trace: tuple[str, ...] = ()
 
 
@@ -79,6 +119,7 @@ class EffectsBuilder:
     send: list[Send] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     decided: list[DecidedBlock] = field(default_factory=list)
+    committed: list[Block] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
 
     def build(self) -> Effects:
@@ -87,5 +128,6 @@ class EffectsBuilder:
             send=tuple(self.send),
             replies=tuple(self.replies),
             decided=tuple(self.decided),
+            committed=tuple(self.committed),
             trace=tuple(self.trace),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import TypeAlias
 
 from consensus.encoding import canonical
@@ -99,23 +100,41 @@ class Request:
         return len(self.transfers) // RECORD_SIZE
 
 
+class Finality(IntEnum):
+    """How final an answer is (DESIGN 3.4).  Higher is stronger."""
+
+    PROVISIONAL = 1  # committed by a fallback (Raft) majority; may still be rolled back
+    FINAL = 2  # a commit certificate of q signed ACCEPTs; verifiable offline
+    ANCHORED = 3  # its checkpoint is anchored (the audit-chain issue); not reachable yet
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
-    """A replica's answer: the block's header, its certificate and the results table."""
+    """A replica's answer: the block's header, the results table and how final they are.
+
+    A FINAL answer carries the block's commit certificate and stands alone; a
+    PROVISIONAL one carries none (a client trusts it on f + 1 matching answers).
+    """
 
     replica_id: int
     client_id: int
     request_number: int
     header: BlockHeader
-    certificate: Certificate
+    certificate: Certificate | None
     results: tuple[tuple[int, int, bytes], ...]  # (client, request, result codes u8 each)
+    level: Finality = Finality.FINAL
 
     def __post_init__(self) -> None:
         _nat("replica_id", self.replica_id)
         _nat("client_id", self.client_id)
         _nat("request_number", self.request_number)
         _instance("header", self.header, BlockHeader)
-        _instance("certificate", self.certificate, Certificate)
+        _instance("level", self.level, Finality)
+        if self.level == Finality.ANCHORED:
+            raise MessageError("ANCHORED answers do not exist until the audit chain is anchored")
+        if (self.certificate is None) != (self.level == Finality.PROVISIONAL):
+            raise MessageError("a FINAL answer carries a certificate; a PROVISIONAL one none")
+        _instance("certificate", self.certificate, (Certificate, type(None)))
         _tuple_of("results", self.results, tuple, REQUESTS_PER_BLOCK_MAX)
         for entry in self.results:
             if len(entry) != 3 or not isinstance(entry[2], bytes):
@@ -135,9 +154,13 @@ class BlockHeader:
     body_hash: bytes  # ``body_hash(requests)``: ids, numbers, records and signatures
     results_hash: bytes  # commits to every event's result code
     state_hash: bytes  # the ledger's state hash after applying this block
+    # The fallback term whose leader built the block, 0 for a block built in BFT mode.
+    # Execution depends on it (the provisional exposure limit applies), so it is signed.
+    fallback_term: int = 0
 
     def __post_init__(self) -> None:
         _nat("height", self.height)
+        _nat("fallback_term", self.fallback_term)
         _nat("timestamp", self.timestamp)
         _nat("log_size", self.log_size)
         for name in ("parent_hash", "merkle_root", "body_hash", "results_hash", "state_hash"):
@@ -295,6 +318,138 @@ class WriteProof:
         _tuple_of("writes", self.writes, Write, CERTIFICATE_SIGNERS_MAX)
 
 
+# ------------------------------------------------------------- fallback (Raft) mode
+
+FALLBACK_ENTRIES_MAX = 256  # a provisional suffix is bounded (the exposure limit bounds value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogEntry:
+    """One block of a replica's fallback log.  ``term`` is the fallback term whose
+    leader appended it, or the BFT regency of a write proof carried into the log."""
+
+    term: int
+    block: Block
+
+    def __post_init__(self) -> None:
+        _nat("term", self.term)
+        _instance("block", self.block, Block)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestVote:
+    sender: int
+    term: int
+    final_height: int  # the candidate's last BFT-final height
+    last_height: int  # the candidate's last log height (final_height when the log is empty)
+    last_term: int  # the term of that entry (0 for the BFT-final block itself)
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        for name in ("sender", "term", "final_height", "last_height", "last_term"):
+            _nat(name, getattr(self, name))
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Vote:
+    sender: int
+    term: int
+    candidate: int
+    granted: bool
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        for name in ("sender", "term", "candidate"):
+            _nat(name, getattr(self, name))
+        _instance("granted", self.granted, bool)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElectionProof:
+    """A majority of signed votes for ``candidate`` in ``term``: it led that term."""
+
+    term: int
+    candidate: int
+    votes: tuple[Vote, ...]
+
+    def __post_init__(self) -> None:
+        _nat("term", self.term)
+        _nat("candidate", self.candidate)
+        _tuple_of("votes", self.votes, Vote, CERTIFICATE_SIGNERS_MAX)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendEntries:
+    sender: int
+    term: int
+    prev_height: int
+    prev_digest: bytes  # the block at prev_height (hash-chained: a match is a prefix match)
+    entries: tuple[LogEntry, ...]
+    commit_height: int
+    election: ElectionProof  # why followers may believe the sender leads ``term``
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        for name in ("sender", "term", "prev_height", "commit_height"):
+            _nat(name, getattr(self, name))
+        _digest("prev_digest", self.prev_digest)
+        _tuple_of("entries", self.entries, LogEntry, FALLBACK_ENTRIES_MAX)
+        _instance("election", self.election, ElectionProof)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendAck:
+    sender: int
+    term: int
+    success: bool
+    match_height: int  # on success the last height it holds; otherwise a hint where to retry
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        for name in ("sender", "term", "match_height"):
+            _nat(name, getattr(self, name))
+        _instance("success", self.success, bool)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Presence:
+    """Reachability gossip while in fallback: whom the sender heard from lately."""
+
+    sender: int
+    term: int
+    heard: tuple[int, ...]
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("term", self.term)
+        _tuple_of("heard", self.heard, int, CERTIFICATE_SIGNERS_MAX)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackReport:
+    """A replica's fallback log above its BFT-final height, for re-certification.
+
+    ``election`` proves that ``term`` (the term of the last entry) was led by a
+    majority-elected replica, so a Byzantine replica cannot invent a suffix of a
+    term nobody voted for; the blocks themselves are re-executed by everyone.
+    """
+
+    term: int
+    election: ElectionProof
+    entries: tuple[LogEntry, ...]
+
+    def __post_init__(self) -> None:
+        _nat("term", self.term)
+        _instance("election", self.election, ElectionProof)
+        _tuple_of("entries", self.entries, LogEntry, FALLBACK_ENTRIES_MAX)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StopData:
     """What a replica knows when a regency begins: its last decision and best write proof."""
@@ -305,6 +460,7 @@ class StopData:
     decided_header: BlockHeader  # the header at decided_height ...
     decided_certificate: Certificate | None  # ... and its certificate (None at genesis)
     proof: WriteProof | None  # for decided_height + 1, the highest-regency proof it holds
+    fallback: FallbackReport | None = None  # its provisional suffix, after a fallback episode
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -314,6 +470,7 @@ class StopData:
         _instance("decided_header", self.decided_header, BlockHeader)
         _instance("decided_certificate", self.decided_certificate, (Certificate, type(None)))
         _instance("proof", self.proof, (WriteProof, type(None)))
+        _instance("fallback", self.fallback, (FallbackReport, type(None)))
         _signature(self.signature)
 
 
@@ -326,6 +483,7 @@ class Sync:
     height: int
     block: Block
     stop_data: tuple[StopData, ...]
+    suffix: FallbackReport | None = None  # the provisional suffix it re-certifies, if any
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -334,6 +492,7 @@ class Sync:
         _nat("height", self.height)
         _instance("block", self.block, Block)
         _tuple_of("stop_data", self.stop_data, StopData, CERTIFICATE_SIGNERS_MAX)
+        _instance("suffix", self.suffix, (FallbackReport, type(None)))
         _signature(self.signature)
 
 
@@ -421,4 +580,6 @@ PeerMessage: TypeAlias = (
     | FetchBlocks
     | Blocks
 )
-Message: TypeAlias = PeerMessage | Request | Persisted
+FallbackMessage: TypeAlias = RequestVote | Vote | AppendEntries | AppendAck | Presence
+BftInput: TypeAlias = PeerMessage | Request | Persisted
+Message: TypeAlias = PeerMessage | FallbackMessage | Request | Persisted

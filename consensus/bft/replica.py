@@ -26,36 +26,41 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, assert_never
 
 from audit_chain.merkle import merkle_root
 from consensus import certificate as certificates
+from consensus.blocks import body_problem, seal
 from consensus.crypto import Signer, Verifier
 from consensus.effects import (
     CheckpointRecord,
     DecidedRecord,
     Effects,
     EffectsBuilder,
+    EntryRecord,
+    ModeRecord,
     PersistRecord,
     ProofRecord,
     RegencyRecord,
     Send,
+    TermRecord,
     VoteRecord,
 )
 from consensus.encoding import canonical
 from consensus.messages import (
-    RECORD_SIZE,
     Accept,
+    BftInput,
     Block,
     BlockHeader,
     Blocks,
     Certificate,
     CheckpointVote,
     DecidedBlock,
+    ElectionProof,
+    FallbackReport,
     FetchBlocks,
-    Message,
     PeerMessage,
     Persisted,
     Propose,
@@ -68,7 +73,6 @@ from consensus.messages import (
     Sync,
     Write,
     WriteProof,
-    body_hash,
     digest_of,
 )
 from consensus.quorum import faults_tolerated, leader_of, quorum
@@ -129,23 +133,13 @@ def genesis_header(state_hash: bytes, timestamp: int) -> BlockHeader:
     )
 
 
-# Merkle roots by body hash: a pure function of the requests, so one bounded
-# table serves every replica in the process (the simulator runs four).
-_MERKLE_BY_BODY: dict[bytes, tuple[bytes, int]] = {}
-_MERKLE_BY_BODY_MAX = 1024
+class StateOwner:
+    """Which core's view the shared state machine holds: the BFT core (decided state,
+    maybe one speculative block) or the fallback core (decided state plus provisional
+    blocks).  A core that finds the other's view restores its own before executing."""
 
-
-def _block_merkle(body_hash: bytes, requests: Sequence[Request]) -> tuple[bytes, int]:
-    """(RFC 9162 root over the block's transfer records, number of records)."""
-    known = _MERKLE_BY_BODY.get(body_hash)
-    if known is None:
-        records = [r.transfers[i : i + RECORD_SIZE] for r in requests
-                   for i in range(0, len(r.transfers), RECORD_SIZE)]  # fmt: skip
-        known = (merkle_root(records), len(records))
-        if len(_MERKLE_BY_BODY) >= _MERKLE_BY_BODY_MAX:
-            _MERKLE_BY_BODY.clear()
-        _MERKLE_BY_BODY[body_hash] = known
-    return known
+    def __init__(self) -> None:
+        self.holder = "bft"
 
 
 class BftReplica:
@@ -161,8 +155,19 @@ class BftReplica:
         genesis: Genesis,
         records: Sequence[PersistRecord] = (),
         ticks: int = 0,
+        owner: StateOwner | None = None,
     ) -> None:
         self.cfg = config
+        self.owner = owner or StateOwner()
+        # Fallback hooks, set by the mode controller: this replica's provisional suffix
+        # for STOP-DATA, and the blocks a re-certifying leader must re-propose.
+        self.fallback_report: Callable[[], FallbackReport | None] = lambda: None
+        self.reproposals: dict[int, Block] = {}
+        self.sync_suffix: FallbackReport | None = None  # what this leader's SYNC re-certifies
+        # Why this replica must not follow a SYNC: its own fallback log is more up to date
+        # than the suffix the SYNC re-certifies (the leader saw a stale STOP-DATA).
+        self.fallback_conflict: Callable[[Sync], str | None] = lambda sync: None
+        self.timers_paused = False  # in fallback: no regency change of its own accord
         self.id = config.replica_id
         self.n = config.replicas
         self.f = faults_tolerated(self.n)
@@ -223,7 +228,7 @@ class BftReplica:
 
     # ================================================================ driver API
 
-    def step(self, message: Message) -> Effects:
+    def step(self, message: BftInput) -> Effects:
         self._out = EffectsBuilder()
         match message:
             case Persisted(upto=upto):
@@ -257,6 +262,30 @@ class BftReplica:
         self._retransmit()
         self._maybe_propose()
         self._check_invariants()
+        return self._out.build()
+
+    def request_regency_change(self) -> Effects:
+        """Start a regency change now (the mode controller heals a fallback this way)."""
+        self._out = EffectsBuilder()
+        self._start_regency_change(max(self.stop_sent, self.regency) + 1)
+        return self._out.build()
+
+    def unsafe_finalize(self, block: Block, term: int) -> Effects:
+        """UNSAFE, tests only: decide a provisional block without a BFT certificate,
+        the mistake the S1 checker must catch."""
+        self._out = EffectsBuilder()
+        if block.header.height == self.height and block.header.parent_hash == (
+            self.last_header.digest
+        ):
+            fake = Certificate(regency=term, height=self.height, digest=block.digest, signatures=())
+            self._decide(DecidedBlock(block=block, certificate=fake))
+        return self._out.build()
+
+    def fetch_from(self, peer: int) -> Effects:
+        """Ask ``peer`` for decided blocks (a fallback peer is ahead in BFT-final height)."""
+        self._out = EffectsBuilder()
+        if peer != self.id:
+            self._schedule_fetch(peer)
         return self._out.build()
 
     @property
@@ -354,6 +383,8 @@ class BftReplica:
                 case CheckpointRecord(checkpoint=stable):
                     if checkpoint is None or stable.height > checkpoint.height:
                         checkpoint = stable
+                case TermRecord() | EntryRecord() | ModeRecord():
+                    pass  # the fallback core's and the mode controller's records
                 case _:
                     assert_never(record)
         self.persist_seq = self.durable_upto = len(records)
@@ -405,11 +436,24 @@ class BftReplica:
     def _maybe_propose(self) -> None:
         if self.leader != self.id or self.in_sync or self.regency in self.proposals:
             return
-        if not self.pending or self.votes.get(("write", self.regency, self.height)):
+        reproposal = self.reproposals.get(self.height)
+        if reproposal is not None and reproposal.header.parent_hash != self.last_header.digest:
+            self.reproposals.clear()  # the certified chain left the provisional suffix
+            reproposal = None
+        if not (self.pending or reproposal) or self.votes.get(("write", self.regency, self.height)):
             return
-        block = self._build_block(self._take_requests())
-        if block is None:
-            return
+        if reproposal is not None:
+            # Re-certification: the provisional block, unchanged, so it keeps its results.
+            if (problem := self._validate_block(reproposal)) is not None:
+                self._trace(f"cannot re-certify h{self.height}: {problem}")
+                self.reproposals.clear()
+                return
+            block = reproposal
+        else:
+            built = self._build_block(self._take_requests())
+            if built is None:
+                return
+            block = built
         propose = self._sign(
             Propose(sender=self.id, regency=self.regency, height=self.height, block=block)
         )
@@ -442,21 +486,13 @@ class BftReplica:
         self.speculative_execution = execution
         return block
 
-    def _seal(self, requests: Sequence[Request], first: int) -> tuple[BlockHeader, Execution]:
-        execution = self.sm.execute(requests, first)
-        body = body_hash(tuple(requests))
-        root, records = _block_merkle(body, requests)
-        header = BlockHeader(
-            height=self.height,
-            parent_hash=self.last_header.digest,
-            timestamp=first,
-            merkle_root=root,
-            log_size=self.last_header.log_size + records,
-            body_hash=body,
-            results_hash=digest_of(execution.results),
-            state_hash=execution.state_hash,
+    def _seal(
+        self, requests: Sequence[Request], first: int, fallback_term: int = 0
+    ) -> tuple[BlockHeader, Execution]:
+        self.owner.holder = "bft"
+        return seal(
+            self.sm, requests, parent=self.last_header, first=first, fallback_term=fallback_term
         )
-        return header, execution
 
     # ================================================================ peers
 
@@ -656,7 +692,9 @@ class BftReplica:
             execution = self.speculative_execution
         else:
             self._rollback_speculation()
-            execution = self.sm.execute(block.requests, header.timestamp)
+            execution = self.sm.execute(
+                block.requests, header.timestamp, fallback_term=header.fallback_term
+            )
             assert execution.state_hash == header.state_hash, "decided block diverged"
         self.speculative = None
         self.speculative_execution = None
@@ -723,7 +761,7 @@ class BftReplica:
             return "timestamp does not advance"
         if header.timestamp > self._now_ns() + self.cfg.timestamp_skew_max_ns:
             return "timestamp too far ahead of this replica's clock"
-        expected, execution = self._seal(block.requests, header.timestamp)
+        expected, execution = self._seal(block.requests, header.timestamp, header.fallback_term)
         self.speculative = block.digest
         self.speculative_execution = execution
         if expected != header:
@@ -732,36 +770,29 @@ class BftReplica:
         return None
 
     def _body_problem(self, block: Block) -> str | None:
-        """Why the requests do not belong to the header or are not client-signed, or None.
-
-        A certificate or a write proof vouches for a header only; the body must be
-        checked against the header's body hash and Merkle root before it is trusted.
-        """
-        keys = [r.key for r in block.requests]
-        if len(set(keys)) != len(keys):
-            return "a request appears twice"
-        body = body_hash(block.requests)
-        if body != block.header.body_hash:
-            return "body hash mismatch"
-        if _block_merkle(body, block.requests)[0] != block.header.merkle_root:
-            return "Merkle root mismatch"
-        for request in block.requests:
-            if not self._request_valid(request):
-                return f"request {request.key} is not a valid client request"
-        return None
+        return body_problem(block, self._request_valid)
 
     def _rollback_speculation(self) -> None:
-        """Undo a speculative execution: restore the checkpoint, replay decided blocks."""
-        if self.speculative is None:
+        """Undo a speculative execution (or the fallback core's provisional blocks)."""
+        if self.speculative is None and self.owner.holder == "bft":
             return
+        self.restore_final_state()
+        self._trace(f"rolled back speculation at h{self.height}")
+
+    def restore_final_state(self) -> None:
+        """Put the state machine at the last decided block: checkpoint, then replay."""
         self.sm.restore(self.base_snapshot, self.base_header.state_hash)
         for height in range(self.base_height + 1, self.decided_height + 1):
-            block = self.log[height].block
-            execution = self.sm.execute(block.requests, block.header.timestamp)
-            assert execution.state_hash == block.header.state_hash
+            header = self.log[height].block.header
+            execution = self.sm.execute(
+                self.log[height].block.requests,
+                header.timestamp,
+                fallback_term=header.fallback_term,
+            )
+            assert execution.state_hash == header.state_hash
         self.speculative = None
         self.speculative_execution = None
-        self._trace(f"rolled back speculation at h{self.height}")
+        self.owner.holder = "bft"
 
     # ================================================================ regency change
 
@@ -769,6 +800,8 @@ class BftReplica:
         if self.fetch_deadline and self.ticks >= self.fetch_deadline:
             self.fetch_deadline = 0
             self._fetch()
+        if self.timers_paused:
+            return
         if self.in_sync or self.stop_sent > self.regency:
             if self.ticks >= self.regency_deadline:
                 self.failed_regencies += 1
@@ -861,6 +894,7 @@ class BftReplica:
                 decided_header=self.last_header,
                 decided_certificate=self.last_certificate,
                 proof=self.best_proof,
+                fallback=self.fallback_report(),
             )
         )
         if self.leader == self.id:
@@ -953,11 +987,25 @@ class BftReplica:
                 self._catch_up_from(chosen)
             if height != self.height:
                 return  # still behind: wait for blocks
+        self._choose_suffix(chosen)
+        reproposal = self.reproposals.get(height)
+        if reproposal is not None and (
+            reproposal.header.parent_hash != self.last_header.digest
+            or (proof is not None and proof.block.digest != reproposal.digest)
+            or (proof is None and self._validate_block(reproposal) is not None)
+        ):
+            # A write proof outranks the suffix (BFT evidence first, for S1), or the
+            # suffix does not fit: it is not re-certified.
+            self._trace(f"fallback suffix abandoned at h{height}")
+            self.reproposals.clear()
+            self.sync_suffix = None
         if proof is not None:
             block = proof.block
             if (problem := self._validate_block(block)) is not None:
                 self._trace(f"cannot re-propose: {problem}")
                 return
+        elif reproposal is not None and self.reproposals:
+            block = reproposal  # validated just above
         else:
             built = self._build_block(self._take_requests())
             assert built is not None
@@ -969,6 +1017,7 @@ class BftReplica:
                 height=height,
                 block=block,
                 stop_data=tuple(chosen),
+                suffix=self.sync_suffix,
             )
         )
         self._trace(f"sync h{height} v{self.regency} reproposal={proof is not None}")
@@ -977,6 +1026,46 @@ class BftReplica:
         self.in_sync = False
         self.stop_data.pop(self.regency, None)
         self._accept_proposal(self.regency, block)
+
+    def _choose_suffix(self, chosen: Sequence[StopData]) -> None:
+        """Re-certification (DESIGN 3.3): queue the provisional suffix of the most
+        up-to-date fallback log among the STOP-DATAs, Raft's rule, so that a suffix a
+        fallback majority committed is in it.  A write proof at the open height still
+        wins (``_sync_choice``): the suffix is dropped where the chain leaves it."""
+        best: tuple[tuple[int, int, bytes], FallbackReport] | None = None
+        # Our own report fresh, not as sent with our STOP-DATA: the log may have grown.
+        reports = [(s.sender, s.fallback) for s in chosen if s.sender != self.id]
+        reports.append((self.id, self.fallback_report()))
+        for sender, report in reports:
+            if report is None or not report.entries or report.entries[-1].term != report.term:
+                continue
+            if report.entries[-1].block.header.height < self.height:
+                continue  # decided already
+            if not self._election_valid(report.election, report.term):
+                self._blame(sender, f"fallback report for term {report.term} unproven")
+                continue
+            last = report.entries[-1].block
+            key = (report.term, last.header.height, last.digest)
+            if best is None or key > best[0]:
+                best = (key, report)
+        self.reproposals = {}
+        self.sync_suffix = None
+        if best is not None:
+            self.sync_suffix = best[1]
+            self.reproposals = {e.block.header.height: e.block for e in best[1].entries}
+            self._trace(f"re-certify fallback term {best[1].term} up to h{best[0][1]}")
+
+    def _election_valid(self, election: ElectionProof, term: int) -> bool:
+        voters = set()
+        for vote in election.votes:
+            if (vote.term, vote.candidate, vote.granted) != (term, election.candidate, True):
+                return False
+            if not 0 <= vote.sender < self.n or vote.sender in voters:
+                return False
+            if not self.verifier.verify(vote.sender, canonical(vote), vote.signature):
+                return False
+            voters.add(vote.sender)
+        return election.term == term and len(voters) >= self.n // 2 + 1
 
     def _catch_up_from(self, stop_data: Sequence[StopData]) -> None:
         """Fetch the decided blocks the STOP-DATAs prove exist and this replica lacks."""
@@ -993,6 +1082,11 @@ class BftReplica:
         problem = self._sync_problem(sync)
         if problem is not None:
             self._blame(sync.sender, f"lying SYNC: {problem}")
+            return
+        if sync.height == self.height and (conflict := self.fallback_conflict(sync)) is not None:
+            # Not the leader's fault (STOP-DATA goes stale while fallback commits): let
+            # this regency fail; the next one collects fresher reports.
+            self._trace(f"refuse sync h{sync.height} v{sync.regency}: {conflict}")
             return
         if sync.regency > self.regency:
             # q valid STOP-DATAs prove q replicas moved: follow them, as if installed here,
@@ -1111,6 +1205,7 @@ class BftReplica:
 
     def _install_checkpoint(self, stable: StableCheckpoint) -> None:
         self.sm.restore(stable.snapshot, stable.header.state_hash)
+        self.owner.holder = "bft"
         self._make_stable(stable)
         self.decided_height = stable.height
         self.last_header = stable.header

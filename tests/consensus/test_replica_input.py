@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus.bft.replica import _block_merkle
+from consensus.blocks import block_merkle
 from consensus.encoding import canonical
 from consensus.messages import (
     Accept,
@@ -70,7 +70,7 @@ def test_proposal_with_undecodable_or_unsigned_request_is_refused() -> None:
     # A header that matches the forged body, so the request check itself must refuse it.
     body = body_hash((forged,))
     header = dataclasses.replace(
-        proposal.block.header, body_hash=body, merkle_root=_block_merkle(body, (forged,))[0]
+        proposal.block.header, body_hash=body, merkle_root=block_merkle(body, (forged,))[0]
     )
     bad = _signed(
         cluster, dataclasses.replace(proposal, block=Block(header=header, requests=(forged,)))
