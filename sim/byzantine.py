@@ -11,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable
+from typing import TypeVar
 
-from consensus.bft.replica import BftReplica
+from consensus.blocks import seal
 from consensus.effects import Effects, Send
 from consensus.encoding import canonical
 from consensus.messages import (
     Accept,
+    AppendEntries,
     Block,
+    LogEntry,
     Message,
     PeerMessage,
     Propose,
@@ -28,28 +31,43 @@ from consensus.messages import (
     Write,
     WriteProof,
 )
+from consensus.mode import ModeController
 
-BEHAVIOURS = ("silent", "equivocate", "forge", "replay", "lying-stopdata", "bad-header")
+_Signed = TypeVar("_Signed", PeerMessage, AppendEntries)
+
+BEHAVIOURS = (
+    "silent",
+    "equivocate",
+    "forge",
+    "replay",
+    "lying-stopdata",
+    "bad-header",
+    "raft-equivocate",
+)
 
 
 class ByzantineReplica:
-    def __init__(self, core: BftReplica, behaviour: str, rng: random.Random) -> None:
+    def __init__(self, node: ModeController, behaviour: str, rng: random.Random) -> None:
         assert behaviour in BEHAVIOURS, behaviour
-        self.core = core
+        self.node = node
+        self.core = node.bft
         self.behaviour = behaviour
         self.rng = rng
         self.seen: list[PeerMessage] = []  # for replays; bounded
-        self.id = core.id
+        self.id = node.id
         # height -> (twin block digest, replicas that were shown the twin)
         self.twins: dict[int, tuple[bytes, frozenset[int]]] = {}
 
     def step(self, message: Message) -> Effects:
         if isinstance(message, PeerMessage) and len(self.seen) < 256:
             self.seen.append(message)
-        return self._corrupt(self.core.step(message))
+        return self._corrupt(self.node.step(message))
 
     def tick(self) -> Effects:
-        return self._corrupt(self.core.tick())
+        raft = self.node.raft
+        if self.behaviour == "raft-equivocate" and raft.active and raft.role == "follower":
+            raft.election_deadline = 0  # campaign at once: it wants to lead the fallback
+        return self._corrupt(self.node.tick())
 
     def _other_block(self, requests: list[Request]) -> Block:
         """A validly sealed block the honest core did not choose; the core's own
@@ -63,7 +81,7 @@ class ByzantineReplica:
             core._validate_block(honest)
         return block
 
-    def _resign(self, message: PeerMessage) -> PeerMessage:
+    def _resign(self, message: _Signed) -> _Signed:
         cleared = dataclasses.replace(message, signature=b"")
         signature = self.core.signer.sign(canonical(cleared))
         return dataclasses.replace(message, signature=signature)
@@ -76,11 +94,61 @@ class ByzantineReplica:
             "replay": self._replay,
             "lying-stopdata": self._lie,
             "bad-header": self._bad_header,
+            "raft-equivocate": self._raft_equivocate,
         }[self.behaviour]
         sends: list[Send] = []
         for send in effects.send:
             sends.extend(handler(send))
         return dataclasses.replace(effects, send=tuple(sends), replies=())
+
+    def _raft_equivocate(self, send: Send) -> list[Send]:
+        """As fallback leader: show each follower its own valid block at each new height
+        (one request fewer per follower) and claim it committed at once, so followers
+        answer PROVISIONAL for blocks no majority holds.  Honest followers that meet
+        two blocks at one height in one term refuse the second."""
+        message = send.message
+        raft = self.node.raft
+        if not isinstance(message, AppendEntries) or not message.entries or send.to is None:
+            return [send]
+        last = message.entries[-1]
+        requests = list(last.block.requests)
+        if last.term != raft.term or len(requests) < 2:
+            return [send]
+        variant = send.to % len(requests)
+        other = self._other_fallback_block(requests[:variant] + requests[variant + 1 :])
+        if other is None:
+            return [send]
+        entries = (*message.entries[:-1], LogEntry(term=last.term, block=other))
+        lie = dataclasses.replace(
+            message, entries=entries, commit_height=other.header.height, signature=b""
+        )
+        return [dataclasses.replace(send, message=self._resign(lie))]
+
+    def _other_fallback_block(self, requests: list[Request]) -> Block | None:
+        """A block at the fallback tip's height built from ``requests``, validly sealed."""
+        raft = self.node.raft
+        if not raft.log:
+            return None
+        tip = raft.log[-1].block.header
+        parent = raft.log[-2].block.header if len(raft.log) > 1 else raft.anchor.final_header()
+        raft.holds_state = False  # rebuild the parent state, then let the core re-apply
+        raft.anchor.restore_final()
+        for entry in raft.log[:-1]:
+            raft.sm.execute(
+                entry.block.requests,
+                entry.block.header.timestamp,
+                fallback_term=entry.block.header.fallback_term,
+            )
+        header, _ = seal(
+            raft.sm,
+            requests,
+            parent=parent,
+            first=tip.timestamp,
+            fallback_term=tip.fallback_term,
+        )
+        raft.holds_state = False
+        raft.anchor.owner.holder = "raft"  # not the BFT core's view any more
+        return Block(header=header, requests=tuple(requests))
 
     # ------------------------------------------------------------ behaviours
 

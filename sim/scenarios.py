@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from finality import DEFAULT_EXPOSURE, ExposureLimit
 from sim.network import NetworkProfile
 
 # Actions: ("crash", replica) | ("restart", replica) | ("crash_leader",) |
@@ -35,7 +36,17 @@ class Scenario:
     clients: int = 3
     transfers_per_request: int = 4
     liveness_ticks_max: int = 1500
+    replicas: int = 4  # unless the run names another n
+    provisional_clients: bool = False  # odd-numbered clients ask for PROVISIONAL answers
+    exposure: ExposureLimit = DEFAULT_EXPOSURE  # the provisional cap per fallback epoch
 
+
+# Every replica but the leader (0 at the start) reaches only the leader.
+_STAR_CUT: tuple[tuple[int, Action], ...] = (
+    (40, ("partial", 1)),
+    (40, ("partial", 2)),
+    (40, ("partial", 3)),
+)
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -54,10 +65,82 @@ SCENARIOS: dict[str, Scenario] = {
             byzantine_leads=True,
         ),
         Scenario(
-            name="partial-partition",
+            name="partial-partition-one",
             summary="one replica reaches only the leader, not the others; then heal",
             schedule=((40, ("partial", 1)), (220, ("heal",))),
             heal_tick=220,
+        ),
+        # ---------------------------------------------------------- fallback mode
+        Scenario(
+            name="partial-partition",
+            summary="n=4, every replica reaches the leader but not each other: BFT stalls, "
+            "the fallback commits through the hub; heal and re-certify",
+            schedule=(*_STAR_CUT, (400, ("heal",))),
+            workload_ticks=460,
+            heal_tick=400,
+            provisional_clients=True,
+        ),
+        Scenario(
+            name="minority-cut",
+            summary="n=7, three replicas cut off: 4 reach each other (a Raft majority, not "
+            "q = 5), so BFT stalls while fallback commits; heal",
+            replicas=7,
+            schedule=(
+                (40, ("isolate", 4)),
+                (40, ("isolate", 5)),
+                (40, ("isolate", 6)),
+                (400, ("heal",)),
+            ),
+            workload_ticks=460,
+            heal_tick=400,
+            provisional_clients=True,
+        ),
+        Scenario(
+            name="flapping-partition",
+            summary="the star partition comes and goes three times: fallback, re-certify, "
+            "fallback again",
+            schedule=(
+                *_STAR_CUT,
+                (330, ("heal",)),
+                *((t + 400, a) for t, a in _STAR_CUT),
+                (730, ("heal",)),
+                *((t + 800, a) for t, a in _STAR_CUT),
+                (1130, ("heal",)),
+            ),
+            workload_ticks=1180,
+            heal_tick=1130,
+            provisional_clients=True,
+        ),
+        Scenario(
+            name="fallback-leader-crash",
+            summary="star partition, fallback commits through the hub, then the hub (the "
+            "fallback leader) crashes; after heal the others re-certify what it committed",
+            schedule=(*_STAR_CUT, (330, ("crash", 0)), (420, ("heal",)), (560, ("restart", 0))),
+            workload_ticks=460,
+            heal_tick=560,
+            provisional_clients=True,
+        ),
+        Scenario(
+            name="conflicting-suffixes",
+            summary="star partition, then the hub is isolated holding entries no majority "
+            "has; heal: logs disagree and re-certification settles one suffix",
+            schedule=(*_STAR_CUT, (300, ("isolate", 0)), (420, ("heal",))),
+            workload_ticks=460,
+            heal_tick=420,
+            provisional_clients=True,
+        ),
+        Scenario(
+            name="byzantine-fallback-leader",
+            summary="the hub of a star partition is Byzantine and leads the fallback: it "
+            "shows each follower another block and claims it committed; S1 holds and "
+            "the rolled-back value stays under the exposure limit",
+            byzantine=("raft-equivocate",),
+            byzantine_leads=True,
+            schedule=(*_STAR_CUT, (400, ("heal",))),
+            workload_ticks=460,
+            heal_tick=400,
+            provisional_clients=True,
+            exposure=ExposureLimit(max_transfers=24, max_amount=6_000),
         ),
         Scenario(
             name="crash-restart-catch-up",

@@ -34,10 +34,13 @@ ROUNDS_MAX = 1000
 
 
 class ScriptedCluster:
-    def __init__(self, replicas: int = 4) -> None:
+    def __init__(self, replicas: int = 4, fallback: bool = False) -> None:
         # A Simulation gives the keys, genesis and replica wiring; its network and
-        # clock are not used: this class delivers by hand.
-        self.sim = Simulation(SimConfig(seed=0, scenario="happy", replicas=replicas))
+        # clock are not used: this class delivers by hand.  Scripts exercise the BFT
+        # core unless they ask for the fallback mode.
+        self.sim = Simulation(
+            SimConfig(seed=0, scenario="happy", replicas=replicas, fallback=fallback)
+        )
         self.queue: list[tuple[str, str, Message | Reply]] = []
         self.next_number = {c: 1 for c in range(len(self.sim.clients))}
         self.next_transfer = 1

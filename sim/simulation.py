@@ -17,19 +17,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from consensus import certificate as certificates
-from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, genesis_header
+from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, StateOwner, genesis_header
 from consensus.crypto import Ed25519Signer, Ed25519Verifier
 from consensus.effects import Effects, PersistRecord
 from consensus.encoding import canonical
 from consensus.messages import (
+    Block,
     DecidedBlock,
+    Finality,
     Message,
     Persisted,
     Reply,
     Request,
     digest_of,
 )
+from consensus.mode import Mode, ModeConfig, ModeController
 from consensus.quorum import faults_tolerated, leader_of
+from consensus.raft.core import Anchor, RaftConfig, RaftCore
+from finality import ExposureLimit
 from finality.executor import LedgerExecutor
 from ledger import Account, AccountFlags, Ledger, TransferFlags
 from ledger.codec import _RECORD
@@ -46,7 +51,7 @@ OK_CODES = (0, 46)  # ok, exists: the transfer is in the ledger
 class SimConfig:
     seed: int
     scenario: str = "happy"
-    replicas: int = 4
+    replicas: int | None = None  # None: as the scenario says (4 unless it needs more)
     byzantine: int | None = None  # None: as many as the scenario names (at most f)
     checkpoint_interval: int = 8
     accounts: int = 16
@@ -54,9 +59,14 @@ class SimConfig:
     clients: int | None = None  # None: as the scenario says
     transfers_per_request: int | None = None  # None: as the scenario says (a mean)
     record_trace: bool = False
+    fallback: bool = True  # False: BFT only, the baseline of ``aegis sim compare``
     # Deliberately unsafe protocol variants, for tests that prove the checkers work.
     unsafe_quorum: int | None = None
     unsafe_skip_sync_reproposal: bool = False
+    unsafe_vote_any: bool = False  # fallback votes ignore BFT-final height and log age
+    unsafe_final_on_majority: bool = False  # a fallback majority commit counts as FINAL
+    unsafe_never_heal: bool = False  # fallback never hands back to BFT
+    unsafe_no_exposure_limit: bool = False  # provisional transfers are not capped
     check_certificates: bool = True  # off only to show the agreement checker on its own
 
     def replay_command(self) -> str:
@@ -65,9 +75,11 @@ class SimConfig:
             extra = f" --byzantine {self.byzantine}"
         if self.checkpoint_interval != 8:
             extra += f" --checkpoint-interval {self.checkpoint_interval}"
+        if not self.fallback:
+            extra += " --no-fallback"
         return (
             f"aegis sim run --seed {self.seed} --scenario {self.scenario} "
-            f"--replicas {self.replicas}{extra}"
+            f"--replicas {self.replicas or SCENARIOS[self.scenario].replicas}{extra}"
         )
 
 
@@ -80,6 +92,14 @@ class SimResult:
     requests_submitted: int = 0
     requests_acknowledged: int = 0
     regency_changes: int = 0
+    fallback_epochs: int = 0
+    mode_changes: int = 0
+    provisional_blocks: int = 0
+    recertified_blocks: int = 0
+    rolled_back_blocks: int = 0
+    rolled_back_amount: int = 0  # the largest, per replica and fallback epoch
+    commit_latencies: list[int] = field(default_factory=list)  # ticks, per committed transfer
+    committed_by_heal: int = 0  # transfers committed (any level) before the network healed
     messages_sent: int = 0
     messages_dropped: int = 0
     evidence: int = 0
@@ -109,13 +129,18 @@ class SimClient:
         self.outstanding: Request | None = None
         self.sent_tick = 0
         self.acked: dict[tuple[int, int], bytes] = {}
+        self.levels: dict[tuple[int, int], Finality] = {}
         self.retry_ticks = 40
+        # Odd clients of a scenario that says so wait only for PROVISIONAL answers.
+        self.wants_provisional = sim.scenario.provisional_clients and client_id % 2 == 1
+        self.provisional_answers: dict[bytes, set[int]] = {}
 
     def act(self, now: int, submitting: bool) -> None:
         if self.outstanding is None:
             if submitting and self.sim.rng.random() < self.sim.config.request_rate:
                 self.outstanding = self._new_request()
                 self.sim.submitted[self.outstanding.key] = self.outstanding
+                self.sim.submitted_at[self.outstanding.key] = now
                 self._broadcast(now)
         elif now - self.sent_tick >= self.retry_ticks:
             self._broadcast(now)
@@ -179,18 +204,30 @@ class SimClient:
         request = self.outstanding
         if request is None or (reply.client_id, reply.request_number) != request.key:
             return
-        # One reply suffices: the certificate proves the header was decided, and the
-        # header commits to every result.
-        if reply.header.digest != reply.certificate.digest:
-            return
-        if not certificates.verify(reply.certificate, self.sim.replica_verifier, self.sim.n):
-            return
         if digest_of(reply.results) != reply.header.results_hash:
             return
+        if reply.level == Finality.PROVISIONAL:
+            # No certificate: f + 1 matching answers include an honest replica's.
+            if not self.wants_provisional:
+                return
+            voters = self.provisional_answers.setdefault(reply.header.digest, set())
+            voters.add(reply.replica_id)
+            if len(voters) < self.sim.f + 1:
+                return
+        else:
+            # One FINAL reply suffices: the certificate proves the header was decided,
+            # and the header commits to every result.
+            certificate = reply.certificate
+            if certificate is None or reply.header.digest != certificate.digest:
+                return
+            if not certificates.verify(certificate, self.sim.replica_verifier, self.sim.n):
+                return
         for client, number, codes in reply.results:
             if (client, number) == request.key:
                 self.acked[request.key] = codes
+                self.levels[request.key] = reply.level
                 self.outstanding = None
+                self.provisional_answers = {}
                 return
 
 
@@ -203,7 +240,7 @@ class Simulation:
             raise ValueError(f"unknown scenario {config.scenario!r}; see 'aegis sim scenarios'")
         self.config = config
         self.scenario: Scenario = SCENARIOS[config.scenario]
-        self.n = config.replicas
+        self.n = config.replicas or self.scenario.replicas
         self.f = faults_tolerated(self.n)
         self.rng = random.Random(config.seed)
         self.result = SimResult(config=config)
@@ -217,7 +254,7 @@ class Simulation:
         self._make_genesis()
         self.byzantine = self._byzantine_ids()
         self.disks: dict[int, list[PersistRecord]] = {i: [] for i in range(self.n)}
-        self.replicas: dict[int, BftReplica | ByzantineReplica] = {}
+        self.replicas: dict[int, ModeController | ByzantineReplica] = {}
         self.alive: set[int] = set()
         self.crash_after_persist: set[int] = set()
         for replica in range(self.n):
@@ -227,6 +264,16 @@ class Simulation:
         self.decided_at: dict[int, bytes] = {}
         self.state_at: dict[int, bytes] = {}
         self.ok_transfers: dict[int, set[int]] = {i: set() for i in range(self.n)}
+        # Fallback checkers: the first provisional block seen at each height (S2), each
+        # honest replica's provisional blocks (S2/S3) and rolled-back value per epoch (S3).
+        self.provisional_at: dict[int, bytes] = {}
+        self.provisional_of: dict[int, dict[int, tuple[Block, int, int, int]]] = {
+            i: {} for i in range(self.n)
+        }
+        self.rolled_back: dict[tuple[int, int], tuple[int, int]] = {}
+        self.submitted_at: dict[tuple[int, int], int] = {}
+        self.final_keys: set[tuple[int, int]] = set()
+        self.first_commit_at: dict[tuple[int, int], tuple[int, int]] = {}  # tick, transfers
 
     # ------------------------------------------------------------------ set-up
 
@@ -285,6 +332,8 @@ class Simulation:
             unsafe_skip_sync_reproposal=self.config.unsafe_skip_sync_reproposal,
         )
         executor = self.executor_factory(Ledger.restore(self.genesis.snapshot))
+        self._limit_exposure(executor)
+        owner = StateOwner()
         core = BftReplica(
             config,
             self.replica_signers[replica],
@@ -294,18 +343,54 @@ class Simulation:
             self.genesis,
             self.disks[replica],
             ticks=self.now,  # a restarted process reads the clock afresh
+            owner=owner,
+        )
+        raft = RaftCore(
+            RaftConfig(
+                replica_id=replica,
+                replicas=self.n,
+                genesis_ns=GENESIS_NS,
+                unsafe_vote_any=self.config.unsafe_vote_any,
+            ),
+            self.replica_signers[replica],
+            self.replica_verifier,
+            self.client_verifier,
+            executor,
+            Anchor(lambda: core.last_header, core.restore_final_state, owner),
+            random.Random(self.rng.getrandbits(64)),
+            self.disks[replica],
+            ticks=self.now,
+        )
+        node = ModeController(
+            core,
+            raft,
+            ModeConfig(
+                enabled=self.config.fallback,
+                unsafe_final_on_majority=self.config.unsafe_final_on_majority,
+                unsafe_never_heal=self.config.unsafe_never_heal,
+            ),
+            self.disks[replica],
         )
         behaviour = self.byzantine.get(replica)
-        self.replicas[replica] = ByzantineReplica(core, behaviour, self.rng) if behaviour else core
+        self.replicas[replica] = ByzantineReplica(node, behaviour, self.rng) if behaviour else node
         self.alive.add(replica)
         self._record(f"start r{replica}" + (f" byzantine={behaviour}" if behaviour else ""))
 
     def honest(self) -> list[int]:
         return [i for i in range(self.n) if i not in self.byzantine]
 
-    def core(self, replica: int) -> BftReplica:
+    def controller(self, replica: int) -> ModeController:
         node = self.replicas[replica]
-        return node.core if isinstance(node, ByzantineReplica) else node
+        return node.node if isinstance(node, ByzantineReplica) else node
+
+    def core(self, replica: int) -> BftReplica:
+        return self.controller(replica).bft
+
+    def _limit_exposure(self, executor: LedgerExecutor) -> None:
+        limit = self.scenario.exposure
+        if self.config.unsafe_no_exposure_limit:
+            limit = ExposureLimit(max_transfers=1 << 40, max_amount=1 << 100)
+        executor.exposure = limit
 
     # ------------------------------------------------------------------ run
 
@@ -366,6 +451,9 @@ class Simulation:
                     (),
                 )
                 self._check_decision(replica, decided, results)
+        for block in effects.committed:
+            if honest:
+                self._check_provisional(replica, block)
         for send in effects.send:
             targets = (
                 [send.to] if send.to is not None else [p for p in range(self.n) if p != replica]
@@ -431,12 +519,16 @@ class Simulation:
         height = header.height
         first = self.decided_at.setdefault(height, decided.block.digest)
         if first != decided.block.digest:
-            raise CheckFailure(f"agreement: r{replica} decided a different block at h{height}")
+            raise CheckFailure(
+                f"agreement (S1): r{replica} decided a different FINAL block at h{height}"
+            )
         if self.config.check_certificates and not certificates.verify(
             decided.certificate, self.replica_verifier, self.n
         ):
             raise CheckFailure(f"certificate: r{replica} decided h{height} without a valid one")
+        self._check_rollback(replica, decided)
         for request in decided.block.requests:
+            self.final_keys.add(request.key)
             if self.submitted.get(request.key) != request:
                 raise CheckFailure(
                     f"validity: r{replica} decided request {request.key} that no client submitted"
@@ -467,19 +559,97 @@ class Simulation:
                     )
                 self.ok_transfers[replica].add(transfer_id)
         self.result.blocks_decided = max(self.result.blocks_decided, height)
+        self._committed_value(decided.block, results)
+
+    def _check_provisional(self, replica: int, block: Block) -> None:
+        """S2 on every provisional commit; remember it for S2/S3 when BFT decides."""
+        height = block.header.height
+        digest = block.digest
+        no_byzantine = not self.byzantine
+        first = self.provisional_at.setdefault(height, digest)
+        if no_byzantine and first != digest:
+            raise CheckFailure(
+                f"S2: r{replica} committed a different provisional block at h{height}"
+            )
+        final = self.decided_at.get(height)
+        if no_byzantine and final is not None and final != digest:
+            raise CheckFailure(f"S2: r{replica} committed provisionally over FINAL h{height}")
+        node = self.controller(replica)
+        results = node.raft.results.get(digest, ())
+        if digest_of(results) != block.header.results_hash:
+            raise CheckFailure(f"results: r{replica} provisional h{height} results differ")
+        executor = node.bft.sm
+        assert isinstance(executor, LedgerExecutor)
+        try:
+            executor.ledger.check_invariants()
+        except AssertionError as error:
+            raise CheckFailure(
+                f"ledger invariant on r{replica} at provisional h{height}: {error}"
+            ) from None
+        amount, count = self._committed_value(block, results)
+        epoch = node.bft.decided_height
+        self.provisional_of[replica][height] = (block, amount, count, epoch)
+
+    def _committed_value(
+        self, block: Block, results: tuple[tuple[int, int, bytes], ...]
+    ) -> tuple[int, int]:
+        """(amount, transfers) the block created, and note first commits for latency."""
+        table = {(client, number): codes for client, number, codes in results}
+        amount = count = 0
+        for request in block.requests:
+            codes = table.get(request.key, b"")
+            ok = 0
+            for index, code in enumerate(codes):
+                if code == 0:
+                    raw = request.transfers[index * 128 : index * 128 + 128]
+                    amount += int.from_bytes(raw[48:64], "little")
+                    ok += 1
+            count += ok
+            if request.key not in self.first_commit_at:
+                self.first_commit_at[request.key] = (self.now, ok)
+        return amount, count
+
+    def _check_rollback(self, replica: int, decided: DecidedBlock) -> None:
+        """S2 / S3 when a block becomes FINAL over a provisional one."""
+        height = decided.block.header.height
+        mine = self.provisional_of[replica].pop(height, None)
+        if mine is None or mine[0].digest == decided.block.digest:
+            return
+        if not self.byzantine:
+            raise CheckFailure(f"S2: r{replica} rolled back provisional h{height}")
+        key = (replica, mine[3])
+        amount, count = self.rolled_back.get(key, (0, 0))
+        amount, count = amount + mine[1], count + mine[2]
+        self.rolled_back[key] = (amount, count)
+        self.result.rolled_back_amount = max(self.result.rolled_back_amount, amount)
+        limit = self.scenario.exposure
+        if amount > limit.max_amount or count > limit.max_transfers:
+            raise CheckFailure(
+                f"S3: r{replica} rolled back {count} provisional transfers worth {amount}, "
+                f"over the exposure limit ({limit.max_transfers}, {limit.max_amount})"
+            )
 
     def _settled(self) -> bool:
         if any(client.outstanding is not None for client in self.clients):
             return False
-        heights = {self.core(i).decided_height for i in self.honest() if i in self.alive}
+        live = [i for i in self.honest() if i in self.alive]
+        if any(self.controller(i).mode is not Mode.BFT for i in live):
+            return False
+        if any(key not in self.final_keys for c in self.clients for key in c.acked):
+            return False
+        heights = {self.core(i).decided_height for i in live}
         return len(heights) == 1 and self.network.in_flight() == 0
 
     def _liveness_failure(self) -> None:
         waiting = [c.outstanding.key for c in self.clients if c.outstanding is not None]
-        heights = {i: self.core(i).decided_height for i in self.honest() if i in self.alive}
+        live = [i for i in self.honest() if i in self.alive]
+        heights = {i: self.core(i).decided_height for i in live}
+        modes = {i: self.controller(i).mode.value for i in live}
+        not_final = [k for c in self.clients for k in c.acked if k not in self.final_keys]
         raise CheckFailure(
-            f"liveness: {self.scenario.liveness_ticks_max} ticks after the "
-            f"workload, requests {waiting} unanswered, heights {heights}"
+            f"L1 liveness: {self.scenario.liveness_ticks_max} ticks after the "
+            f"workload, requests {waiting} unanswered, {len(not_final)} answered but not "
+            f"FINAL, heights {heights}, modes {modes}"
         )
 
     def _check_end_state(self) -> None:
@@ -487,6 +657,8 @@ class Simulation:
         acked_ids = []
         for client in self.clients:
             for key, codes in client.acked.items():
+                if self.byzantine and client.levels[key] == Finality.PROVISIONAL:
+                    continue  # may be rolled back with a Byzantine replica (S3 bounds it)
                 request = self.submitted[key]
                 for index, code in enumerate(codes):
                     if code in OK_CODES:
@@ -505,6 +677,8 @@ class Simulation:
             "state hashes": "ok",
             "exactly once": "ok",
             "acknowledged durable": "ok",
+            "S2 provisional kept" if not self.byzantine else "S3 rollback within exposure": "ok",
+            "L1 all final after heal": "ok",
             "liveness": "ok",
         }
 
@@ -525,7 +699,19 @@ class Simulation:
         result.requests_acknowledged = sum(len(c.acked) for c in self.clients)
         result.transfers_committed = max((len(s) for s in self.ok_transfers.values()), default=0)
         result.regency_changes = max((self.core(i).regency for i in self.honest()), default=0)
-        result.evidence = sum(self.core(i).evidence_count for i in self.honest())
+        result.evidence = sum(self.controller(i).evidence_count for i in self.honest())
+        honest = [self.controller(i).metrics for i in self.honest()]
+        result.fallback_epochs = max((m.fallback_epochs for m in honest), default=0)
+        result.mode_changes = sum(m.mode_changes for m in honest)
+        result.provisional_blocks = max((m.provisional_blocks for m in honest), default=0)
+        result.recertified_blocks = max((m.recertified_blocks for m in honest), default=0)
+        result.rolled_back_blocks = sum(m.rolled_back_blocks for m in honest)
+        result.commit_latencies = sorted(
+            tick - self.submitted_at[key] for key, (tick, _) in self.first_commit_at.items()
+        )
+        result.committed_by_heal = sum(
+            ok for tick, ok in self.first_commit_at.values() if tick <= self.scenario.heal_tick
+        )
         if result.failures:
             result.checks = {}
             result.failures.append(f"replay: {self.config.replay_command()}")
