@@ -175,6 +175,14 @@ class ModeController:
             self._maybe_fall_back()
         return _merge(self._parts) if self._parts else Effects()
 
+    def fall_back_now(self) -> Effects:
+        """Enter fallback without waiting for the stall rule (tests, operator drills).
+        Safe at any time: FINAL still comes only from BFT certificates."""
+        self._parts = []
+        if self.mode is Mode.BFT:
+            self._transition(Event.STALLED)
+        return _merge(self._parts) if self._parts else Effects()
+
     # ================================================================ plumbing
 
     def _bft(self, call: Callable[[], Effects]) -> None:
@@ -227,12 +235,13 @@ class ModeController:
                 f"fallback epoch {self.epoch}: {event.value} at h{self.bft.decided_height} "
                 f"regency {self.bft.regency}"
             )
-            proof = self.bft.best_proof
-            tentative = None
-            if proof is not None and proof.height == self.bft.height:
-                tentative = LogEntry(term=proof.regency, block=proof.block)
+            # The stalled regency's votes stop travelling: a late quorum of them must not
+            # form a write proof behind the fallback's back.
+            self.bft.resend = [
+                s for s in self.bft.resend if not isinstance(s.message, Propose | Write | Accept)
+            ]
             floor = max(self.bft.stop_sent, self.bft.regency)
-            self._raft(self.raft.activate(floor, tentative))
+            self._raft(self.raft.activate(floor, self._tentative_entry()))
         else:
             self.raft.deactivate()
             self.bft.timers_paused = False
@@ -251,6 +260,28 @@ class ModeController:
         bft = self.bft
         newer_regency_running = bft.regency > self.entry_regency and not bft.in_sync
         return bft.decided_height > self.entry_height or newer_regency_running
+
+    def _tentative_entry(self) -> LogEntry | None:
+        """What this replica voted for at the open BFT height, as a log entry whose term
+        is that regency (DESIGN 3.3): its write proof, or else the block it WROTE.
+
+        A written block is enough to matter: with q WRITEs somewhere it has (or may
+        later get, from retransmitted votes) a write proof, which re-certification
+        must honour; Raft's up-to-date rule then carries it, so the fallback commits
+        it rather than a block BFT would later overrule."""
+        bft = self.bft
+        candidates: list[tuple[int, Block]] = []
+        proof = bft.best_proof
+        if proof is not None and proof.height == bft.height:
+            candidates.append((proof.regency, proof.block))
+        for (kind, regency, height), digest in bft.votes.items():
+            block = bft.proposals.get(regency)
+            if kind == "write" and height == bft.height and block and block.digest == digest:
+                candidates.append((regency, block))
+        if not candidates:
+            return None
+        regency, block = max(candidates, key=lambda c: (c[0], c[1].digest))
+        return LogEntry(term=regency, block=block)
 
     def _maybe_fall_back(self) -> None:
         if not self.cfg.enabled or not self.bft.pending:

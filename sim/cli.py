@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +38,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     fuzz.add_argument("--seeds", required=True, metavar="A..B", help="seed range, e.g. 1..500")
     fuzz.set_defaults(handler=_fuzz)
 
+    compare = commands.add_parser(
+        "compare",
+        help="BFT-only versus BFT+fallback on the same seeds, side by side",
+        description="Run each seed twice, BFT only and with the Raft fallback, and print "
+        "transfers committed (before the network heals and in all), p50/p99 commit "
+        "latency in ticks (submission to the first commit at any level) and whether "
+        "the final ledger state is the same.",
+    )
+    _common(compare, scenario_default="partial-partition")
+    compare.add_argument("--seeds", default="1..20", metavar="A..B", help="default 1..20")
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    compare.set_defaults(handler=_compare)
+
     scenarios = commands.add_parser("scenarios", help="list the named scenarios")
     scenarios.set_defaults(handler=_scenarios)
 
@@ -45,7 +60,9 @@ def _common(parser: argparse.ArgumentParser, scenario_default: str = "happy") ->
     parser.add_argument(
         "--scenario", default=scenario_default, help=f"scenario name ({names}; 'all' for fuzz)"
     )
-    parser.add_argument("--replicas", type=int, default=4, help="n = 3f+1 (default 4)")
+    parser.add_argument(
+        "--replicas", type=int, default=None, help="n = 3f+1 (default: the scenario's, mostly 4)"
+    )
     parser.add_argument(
         "--byzantine",
         type=int,
@@ -54,6 +71,11 @@ def _common(parser: argparse.ArgumentParser, scenario_default: str = "happy") ->
     )
     parser.add_argument(
         "--checkpoint-interval", type=int, default=8, help="blocks between checkpoints (default 8)"
+    )
+    parser.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="BFT only: never fall back to Raft when BFT stalls (compare runs both)",
     )
 
 
@@ -65,16 +87,20 @@ def _config(args: argparse.Namespace, seed: int, scenario: str) -> SimConfig:
         byzantine=args.byzantine,
         checkpoint_interval=args.checkpoint_interval,
         record_trace=bool(getattr(args, "trace", None)),
+        fallback=not args.no_fallback,
     )
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> str | None:
     if args.scenario != "all" and args.scenario not in SCENARIOS:
         return f"unknown scenario {args.scenario!r}; known: {', '.join(SCENARIOS)}"
-    if args.replicas < 4 or (args.replicas - 1) % 3:
+    if args.replicas is not None and (args.replicas < 4 or (args.replicas - 1) % 3):
         return f"--replicas must be 3f+1 with f >= 1 (4, 7, 10, ...), got {args.replicas}"
-    if args.byzantine is not None and not 0 <= args.byzantine <= (args.replicas - 1) // 3:
-        return f"--byzantine must be between 0 and f = {(args.replicas - 1) // 3}"
+    replicas = args.replicas or (
+        SCENARIOS[args.scenario].replicas if args.scenario in SCENARIOS else 4
+    )
+    if args.byzantine is not None and not 0 <= args.byzantine <= (replicas - 1) // 3:
+        return f"--byzantine must be between 0 and f = {(replicas - 1) // 3}"
     return None
 
 
@@ -83,12 +109,18 @@ def summary(result: SimResult, out: TextIO) -> None:
     rows = [
         ("scenario", config.scenario),
         ("seed", str(config.seed)),
-        ("replicas / byzantine", f"{config.replicas} / {_byzantine_label(config)}"),
+        ("replicas / byzantine", f"{_replicas(config)} / {_byzantine_label(config)}"),
         ("ticks", str(result.ticks)),
         ("blocks decided", str(result.blocks_decided)),
         ("transfers committed", str(result.transfers_committed)),
         ("requests acknowledged", f"{result.requests_acknowledged} of {result.requests_submitted}"),
         ("regency changes", str(result.regency_changes)),
+        ("fallback epochs", str(result.fallback_epochs) if config.fallback else "off"),
+        (
+            "provisional / re-certified / rolled back",
+            f"{result.provisional_blocks} / {result.recertified_blocks} / "
+            f"{result.rolled_back_blocks} blocks",
+        ),
         ("messages sent / dropped", f"{result.messages_sent} / {result.messages_dropped}"),
         ("evidence recorded", str(result.evidence)),
     ]
@@ -99,6 +131,10 @@ def summary(result: SimResult, out: TextIO) -> None:
         out.write(f"{name:<{width}}  {value}\n")
     for failure in result.failures:
         out.write(f"FAILED {failure}\n")
+
+
+def _replicas(config: SimConfig) -> int:
+    return config.replicas or SCENARIOS[config.scenario].replicas
 
 
 def _byzantine_label(config: SimConfig) -> str:
@@ -152,6 +188,73 @@ def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
             f"{result.failures[0]}\n  replay: {result.config.replay_command()}\n"
         )
     return 1 if failures else 0
+
+
+def _percentile(values: Sequence[int], fraction: float) -> int | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def compare_runs(scenario: str, seeds: range, args: argparse.Namespace) -> dict[str, object]:
+    """Both modes on every seed: the figures ``aegis sim compare`` prints."""
+    modes: dict[str, dict[str, object]] = {}
+    finals: dict[str, list[str]] = {}
+    failed: list[str] = []
+    for label, fallback in (("bft-only", False), ("bft+fallback", True)):
+        before = total = acknowledged = 0
+        latencies: list[int] = []
+        finals[label] = []
+        for seed in seeds:
+            config = dataclasses.replace(_config(args, seed, scenario), fallback=fallback)
+            result = Simulation(config).run()
+            if not result.ok:
+                failed.append(f"{label} seed {seed}: {result.failures[0]}")
+            before += result.committed_by_heal
+            total += result.transfers_committed
+            acknowledged += result.requests_acknowledged
+            latencies += result.commit_latencies
+            finals[label].append(result.final_state)
+        modes[label] = {
+            "transfers_committed_before_heal": before,
+            "transfers_committed": total,
+            "requests_acknowledged": acknowledged,
+            "commit_latency_p50_ticks": _percentile(latencies, 0.50),
+            "commit_latency_p99_ticks": _percentile(latencies, 0.99),
+        }
+    same = sum(a == b for a, b in zip(finals["bft-only"], finals["bft+fallback"], strict=True))
+    return {
+        "scenario": scenario,
+        "seeds": f"{seeds.start}..{seeds.stop - 1}",
+        "modes": modes,
+        "same_final_state": f"{same} of {len(seeds)} seeds",
+        "failures": failed,
+    }
+
+
+def _compare(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        seeds = _parse_seeds(args.seeds)
+    except ValueError as error:
+        sys.stderr.write(f"aegis sim compare: {error}\n")
+        return 2
+    report = compare_runs(args.scenario, seeds, args)
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        modes = report["modes"]
+        assert isinstance(modes, dict)
+        rows = list(next(iter(modes.values())))
+        out.write(f"scenario {report['scenario']}, seeds {report['seeds']}\n")
+        out.write(f"{'':<34}{'BFT only':>14}{'BFT+fallback':>14}\n")
+        for row in rows:
+            a, b = modes["bft-only"][row], modes["bft+fallback"][row]
+            out.write(f"{row.replace('_', ' '):<34}{a!s:>14}{b!s:>14}\n")
+        out.write(f"same final ledger state: {report['same_final_state']}\n")
+        for failure in report["failures"]:  # type: ignore[attr-defined]
+            out.write(f"FAILED {failure}\n")
+    return 1 if report["failures"] else 0
 
 
 def _progress(done: int, total: int, failed: int, started: float) -> None:

@@ -140,7 +140,7 @@ SCENARIOS: dict[str, Scenario] = {
             workload_ticks=460,
             heal_tick=400,
             provisional_clients=True,
-            exposure=ExposureLimit(max_transfers=24, max_amount=6_000),
+            exposure=ExposureLimit(max_transfers=8, max_amount=1_500),
         ),
         Scenario(
             name="crash-restart-catch-up",

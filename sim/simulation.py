@@ -106,6 +106,7 @@ class SimResult:
     failures: list[str] = field(default_factory=list)
     checks: dict[str, str] = field(default_factory=dict)
     trace_hash: str = ""
+    final_state: str = ""  # the state hash at the last decided height, hex
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -693,6 +694,8 @@ class Simulation:
         result = self.result
         result.ticks = self.now
         result.trace_hash = self._trace.hexdigest()[:16]
+        if self.state_at:
+            result.final_state = self.state_at[max(self.state_at)].hex()
         result.messages_sent = self.network.sent
         result.messages_dropped = self.network.dropped
         result.requests_submitted = len(self.submitted)

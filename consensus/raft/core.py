@@ -498,11 +498,12 @@ class RaftCore:
 
     # ================================================================ replication
 
-    def _maybe_propose(self, force: bool = False) -> None:
+    def _maybe_propose(self, force: bool = False) -> bool:
+        """Append a block of waiting requests when leading; True if one was sent."""
         if not self.active or self.role != "leader" or self.frozen:
-            return
+            return False
         if len(self.log) >= self.cfg.suffix_blocks_max:
-            return  # bounded: the suffix waits for BFT to re-certify it
+            return False  # bounded: the suffix waits for BFT to re-certify it
         in_log = {r.key for e in self.log for r in e.block.requests}
         requests: list[Request] = []
         events = 0
@@ -515,9 +516,9 @@ class RaftCore:
             events += request.events
         needs_own_entry = self.last_term != self.term and self.log
         if not requests and not (force and needs_own_entry):
-            return
+            return False
         if self.last_height > self.commit_height and not force:
-            return  # one uncommitted block at a time: simple, and the suffix stays short
+            return False  # one uncommitted block at a time: simple, the suffix stays short
         self._take_state()
         tip = self._tip()
         first = max(self.sm.last_timestamp() + 1, self._now_ns())
@@ -530,6 +531,7 @@ class RaftCore:
         self._append(LogEntry(term=self.term, block=block))
         self._trace(f"append h{header.height} term {self.term} {len(requests)} requests")
         self._replicate_all()
+        return True
 
     def _replicate_all(self) -> None:
         self.last_heartbeat = self.ticks
@@ -634,6 +636,8 @@ class RaftCore:
             holders = 1 + sum(1 for m in self.match_height.values() if m >= height)
             if holders >= self.majority:
                 self._advance_commit(height)
+                if not self._maybe_propose():
+                    self._replicate_all()  # followers learn the commit now, not at a heartbeat
                 break
 
     def _advance_commit(self, height: int) -> None:

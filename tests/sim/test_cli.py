@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -50,3 +51,28 @@ def test_bad_arguments_are_clear() -> None:
     assert done.returncode == 2 and "3f+1" in done.stderr
     done = _run(_aegis(), "sim", "fuzz", "--seeds", "9..2")
     assert done.returncode == 2 and "A <= B" in done.stderr
+
+
+def test_compare_prints_both_modes_side_by_side() -> None:
+    done = _run(
+        _aegis(), "sim", "compare", "--scenario", "partial-partition", "--seeds", "1..2", "--json"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    bft, fallback = report["modes"]["bft-only"], report["modes"]["bft+fallback"]
+    assert fallback["transfers_committed_before_heal"] > bft["transfers_committed_before_heal"]
+    assert report["failures"] == []
+    table = _run(_aegis(), "sim", "compare", "--scenario", "happy", "--seeds", "1..2")
+    assert table.returncode == 0
+    assert "BFT+fallback" in table.stdout
+    assert "same final ledger state: 2 of 2 seeds" in table.stdout
+
+
+def test_run_reports_the_fallback_and_can_switch_it_off() -> None:
+    done = _run(_aegis(), "sim", "run", "--seed", "1", "--scenario", "partial-partition")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^fallback epochs\s+[1-9]", done.stdout, re.M)
+    assert re.search(r"^check: S2 provisional kept\s+ok$", done.stdout, re.M)
+    off = _run(_aegis(), "sim", "run", "--seed", "1", "--scenario", "partial-partition",
+               "--no-fallback")  # fmt: skip
+    assert off.returncode == 0 and re.search(r"^fallback epochs\s+off$", off.stdout, re.M)
