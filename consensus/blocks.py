@@ -9,6 +9,7 @@ client-signed.  Pure apart from executing on the given state machine.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 from audit_chain.merkle import merkle_root
@@ -63,8 +64,17 @@ def seal(
         results_hash=digest_of(execution.results),
         state_hash=execution.state_hash,
         fallback_term=fallback_term,
+        verdicts_hash=hashlib.sha256(execution.verdicts).digest(),
     )
     return header, execution
+
+
+def mismatch(expected: BlockHeader, header: BlockHeader) -> str:
+    """Why a re-sealed header differs from the proposed one (agent verdicts first:
+    a leader whose verdicts differ from ours misbehaves, DESIGN 5)."""
+    if expected.verdicts_hash != header.verdicts_hash:
+        return "agent verdicts differ from this replica's"
+    return "header does not match the block's execution"
 
 
 def body_problem(block: Block, request_valid: Callable[[Request], bool]) -> str | None:
@@ -74,6 +84,8 @@ def body_problem(block: Block, request_valid: Callable[[Request], bool]) -> str 
     the body must be checked against the header's body hash and Merkle root
     before it is trusted.
     """
+    if hashlib.sha256(block.verdicts).digest() != block.header.verdicts_hash:
+        return "verdicts do not match the header"
     keys = [r.key for r in block.requests]
     if len(set(keys)) != len(keys):
         return "a request appears twice"

@@ -64,25 +64,34 @@ def digest_of(value: object) -> bytes:
 
 def body_hash(requests: tuple[Request, ...]) -> bytes:
     """Commits to every request of a block, its client's signature included."""
-    return digest_of(tuple((r.client_id, r.request_number, r.transfers, r.signature)
-                           for r in requests))  # fmt: skip
+    return digest_of(tuple((r.client_id, r.request_number, r.operation, r.transfers,
+                            r.signature) for r in requests))  # fmt: skip
 
 
 # ------------------------------------------------------------------ client side
 
 
+OP_TRANSFERS = 0  # create_transfers: the payload is canonical 128-byte transfer records
+OP_SET_LIMITS = 1  # replicated configuration: 128-byte amount-limit records (finality.gate)
+OPERATIONS = (OP_TRANSFERS, OP_SET_LIMITS)
+NO_VERDICTS_HASH = hashlib.sha256(b"").digest()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Request:
-    """A client's signed batch of transfers (canonical 128-byte records)."""
+    """A client's signed command: a batch of 128-byte records for ``operation``."""
 
     client_id: int
     request_number: int  # strictly increasing per client; replicas drop old numbers
-    transfers: bytes
+    transfers: bytes  # the records (transfers, or limits for OP_SET_LIMITS)
     signature: bytes = b""
+    operation: int = OP_TRANSFERS
 
     def __post_init__(self) -> None:
         _nat("client_id", self.client_id)
         _nat("request_number", self.request_number)
+        if self.operation not in OPERATIONS:
+            raise MessageError(f"unknown operation {self.operation!r}")
         if type(self.transfers) is not bytes or not self.transfers:
             raise MessageError("transfers must be non-empty bytes")
         if len(self.transfers) % RECORD_SIZE or len(self.transfers) > (
@@ -157,10 +166,12 @@ class BlockHeader:
     # The fallback term whose leader built the block, 0 for a block built in BFT mode.
     # Execution depends on it (the provisional exposure limit applies), so it is signed.
     fallback_term: int = 0
+    verdicts_hash: bytes = NO_VERDICTS_HASH  # SHA-256 of the block's agent verdicts
 
     def __post_init__(self) -> None:
         _nat("height", self.height)
         _nat("fallback_term", self.fallback_term)
+        _digest("verdicts_hash", self.verdicts_hash)
         _nat("timestamp", self.timestamp)
         _nat("log_size", self.log_size)
         for name in ("parent_hash", "merkle_root", "body_hash", "results_hash", "state_hash"):
@@ -175,10 +186,14 @@ class BlockHeader:
 class Block:
     header: BlockHeader
     requests: tuple[Request, ...]
+    # The agent gate's non-ALLOW verdicts (finality.gate.encode_verdicts), so anyone
+    # can re-derive each decision; the header's verdicts_hash commits to them.
+    verdicts: bytes = b""
 
     def __post_init__(self) -> None:
         _instance("header", self.header, BlockHeader)
         _tuple_of("requests", self.requests, Request, REQUESTS_PER_BLOCK_MAX)
+        _instance("verdicts", self.verdicts, bytes)
 
     @property
     def digest(self) -> bytes:

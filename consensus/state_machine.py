@@ -21,6 +21,7 @@ class Execution:
     results: tuple[tuple[int, int, bytes], ...]  # (client, request number, one code per event)
     state_hash: bytes
     last_timestamp: int
+    verdicts: bytes = b""  # the agent gate's non-ALLOW verdicts, as the block carries them
 
 
 class StateMachine(Protocol):

@@ -15,10 +15,18 @@ never reach the ledger.  The epoch's usage is replicated state: a block with
 ``restore`` cover it.  With zero usage the hash and the snapshot are the
 ledger's own, byte for byte.
 
-Snapshot envelope (only when usage is not zero; little-endian): magic
-``AEGISXSN``, version u32 (1), reserved u32 (0), exposure transfers u64,
-exposure amount u128 (low u64, high u64), ledger snapshot length u64, the
-ledger snapshot, then SHA-256 of everything before it.
+Every transfer first passes the agent gate (``finality.gate``) against the
+state and the artifacts of the parent height; a DENY withholds it (and its
+linked chain) with ``DENIED_BY_POLICY``.  The block's non-ALLOW verdicts are
+part of the execution, so a leader whose verdicts differ is caught.  A
+``set_limits`` request from an operator client changes the artifacts from the
+next block on; from anyone else each record gets ``NOT_AN_OPERATOR``.
+
+Snapshot envelope (only when usage is not zero or limits are set;
+little-endian): magic ``AEGISXSN``, version u32 (2), reserved u32 (0),
+exposure transfers u64, exposure amount u128 (low u64, high u64), ledger
+snapshot length u64, artifacts length u64, the ledger snapshot, the artifacts
+(``Artifacts.encode``), then SHA-256 of everything before it.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 
-from consensus.messages import Request
+from consensus.messages import OP_SET_LIMITS, OP_TRANSFERS, Request
 from consensus.state_machine import Execution
 from finality.exposure import (
     DEFAULT_EXPOSURE,
@@ -35,15 +43,27 @@ from finality.exposure import (
     U64_MAX,
     ExposureLimit,
     ExposureUsage,
+    FinalityResult,
     admit_provisional,
+    withhold_chains,
+)
+from finality.gate import (
+    NO_ARTIFACTS,
+    Action,
+    AgentGate,
+    Artifacts,
+    LimitError,
+    Verdict,
+    decode_limits,
+    encode_verdicts,
 )
 from ledger import DecodeError, Ledger, SnapshotError, Transfer, decode_transfers
 
 DECODED_REQUESTS_MAX = 4096
 
 ENVELOPE_MAGIC = b"AEGISXSN"
-ENVELOPE_VERSION = 1
-_ENVELOPE_HEADER = struct.Struct("<8sII Q QQ Q")
+ENVELOPE_VERSION = 2
+_ENVELOPE_HEADER = struct.Struct("<8sII Q QQ Q Q")
 _CHECKSUM_SIZE = 32
 _STATE_DOMAIN = b"aegis.finality.state.v1"
 
@@ -64,23 +84,35 @@ def _decode(records: bytes) -> list[Transfer]:
     return decoded
 
 
-def _state_hash(ledger_hash: bytes, used: ExposureUsage) -> bytes:
-    if used.is_zero:
-        return ledger_hash  # the ledger's own hash, as before the exposure limit existed
+def _state_hash(ledger_hash: bytes, used: ExposureUsage, artifacts: Artifacts) -> bytes:
+    if used.is_zero and artifacts.empty:
+        return ledger_hash  # the ledger's own hash, as before exposure and limits existed
     return hashlib.sha256(
         _STATE_DOMAIN
         + ledger_hash
         + used.transfers.to_bytes(8, "little")
         + used.amount.to_bytes(16, "little")
+        + artifacts.digest
     ).digest()
 
 
 class LedgerExecutor:
-    def __init__(self, ledger: Ledger, exposure: ExposureLimit = DEFAULT_EXPOSURE) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        exposure: ExposureLimit = DEFAULT_EXPOSURE,
+        operators: frozenset[int] = frozenset(),
+        gate: AgentGate | None = None,
+    ) -> None:
         assert isinstance(exposure, ExposureLimit)
         self.ledger = ledger
-        self.exposure = exposure  # configuration: the same on every replica, not state
-        self._used = NO_EXPOSURE  # state: what the current fallback epoch has admitted
+        # Configuration, the same on every replica, not state:
+        self.exposure = exposure
+        self.operators = operators  # client ids whose set_limits commands take effect
+        self.gate = gate or AgentGate()
+        # State:
+        self._used = NO_EXPOSURE  # what the current fallback epoch has admitted
+        self.artifacts = NO_ARTIFACTS  # the limits the agents decide with
 
     @property
     def exposure_used(self) -> ExposureUsage:
@@ -90,12 +122,15 @@ class LedgerExecutor:
         return self.ledger.last_timestamp
 
     def state_hash(self) -> bytes:
-        return _state_hash(self.ledger.state_hash(), self._used)
+        return _state_hash(self.ledger.state_hash(), self._used, self.artifacts)
 
     def check_request(self, request: Request) -> str | None:
         try:
-            _decode(request.transfers)
-        except DecodeError as error:
+            if request.operation == OP_SET_LIMITS:
+                decode_limits(request.transfers)
+            else:
+                _decode(request.transfers)
+        except (DecodeError, LimitError) as error:
             return str(error)
         return None
 
@@ -107,49 +142,82 @@ class LedgerExecutor:
         provisional = fallback_term > 0
         if not provisional:
             self._used = NO_EXPOSURE  # a BFT block ends the fallback epoch
+        # The agents see the parent height: the ledger and artifacts before this block.
+        parent_artifacts = self.artifacts
+        screened: list[list[Verdict]] = []
+        for request in requests:
+            if request.operation == OP_TRANSFERS:
+                transfers = _decode(request.transfers)  # checked before ordering
+                screened.append(self.gate.screen(transfers, self.ledger, parent_artifacts))
+            else:
+                screened.append([])
         cursor = first_timestamp
         results = []
-        for request in requests:
-            transfers = _decode(request.transfers)  # checked before ordering
-            if provisional:
-                codes, cursor = self._execute_provisional(transfers, cursor)
+        changes: list[tuple[int, int, int]] = []
+        for request, verdicts in zip(requests, screened, strict=True):
+            if request.operation == OP_SET_LIMITS:
+                codes = self._set_limits(request, changes)
             else:
-                batch_timestamp = cursor + len(transfers) - 1
-                codes = list(self.ledger.create_transfers(transfers, batch_timestamp))
-                cursor = batch_timestamp + 1
-            assert len(codes) == len(transfers)
+                codes, cursor = self._apply(
+                    _decode(request.transfers), verdicts, cursor, provisional
+                )
             results.append((request.client_id, request.request_number, bytes(codes)))
         if cursor == first_timestamp:
             # Nothing reached the ledger (no requests, or every event vetoed); time
             # still moves, so holds may expire and the next block stamps after this one.
             self.ledger.pulse(first_timestamp)
         assert self.ledger.last_timestamp >= first_timestamp
+        if changes:
+            self.artifacts = parent_artifacts.with_limits(changes)  # from the next block on
         return Execution(
             results=tuple(results),
             state_hash=self.state_hash(),
             last_timestamp=self.ledger.last_timestamp,
+            verdicts=encode_verdicts(
+                (index, event, verdict)
+                for index, verdicts in enumerate(screened)
+                for event, verdict in enumerate(verdicts)
+            ),
         )
 
-    def _execute_provisional(
-        self, transfers: Sequence[Transfer], cursor: int
+    def _set_limits(self, request: Request, changes: list[tuple[int, int, int]]) -> list[int]:
+        records = decode_limits(request.transfers)  # checked before ordering
+        if request.client_id not in self.operators:
+            return [int(FinalityResult.NOT_AN_OPERATOR)] * len(records)
+        changes.extend(records)
+        return [0] * len(records)
+
+    def _apply(
+        self,
+        transfers: Sequence[Transfer],
+        verdicts: Sequence[Verdict],
+        cursor: int,
+        provisional: bool,
     ) -> tuple[list[int], int]:
-        """Screen one request, post the admitted events as one batch; (codes, next cursor)."""
-        verdicts, used = admit_provisional(transfers, self.exposure, self._used)
-        admitted = [t for t, verdict in zip(transfers, verdicts, strict=True) if verdict is None]
-        self._used = used
+        """Gate, screen (in fallback) and post one request; (codes, next cursor)."""
+        denied: list[int | None] = [
+            int(FinalityResult.DENIED_BY_POLICY) if v.action == Action.DENY else None
+            for v in verdicts
+        ]
+        vetoes = withhold_chains(transfers, denied) if any(denied) else denied
+        passing = [t for t, veto in zip(transfers, vetoes, strict=True) if veto is None]
+        if provisional and passing:
+            screened, self._used = admit_provisional(passing, self.exposure, self._used)
+            it = iter(screened)
+            vetoes = [next(it) if veto is None else veto for veto in vetoes]
+        admitted = [t for t, veto in zip(transfers, vetoes, strict=True) if veto is None]
         if not admitted:
-            codes = [verdict for verdict in verdicts if verdict is not None]
-            return codes, cursor
+            return [veto for veto in vetoes if veto is not None], cursor
         batch_timestamp = cursor + len(admitted) - 1
         posted = iter(self.ledger.create_transfers(admitted, batch_timestamp))
-        codes = [int(next(posted)) if verdict is None else verdict for verdict in verdicts]
+        codes = [int(next(posted)) if veto is None else veto for veto in vetoes]
         assert next(posted, None) is None
         return codes, batch_timestamp + 1
 
     def snapshot(self) -> bytes:
         ledger_snapshot = self.ledger.snapshot()
-        used = self._used
-        if used.is_zero:
+        used, artifacts = self._used, self.artifacts.encode()
+        if used.is_zero and not artifacts:
             return ledger_snapshot
         body = (
             _ENVELOPE_HEADER.pack(
@@ -160,8 +228,10 @@ class LedgerExecutor:
                 used.amount & U64_MAX,
                 used.amount >> 64,
                 len(ledger_snapshot),
+                len(artifacts),
             )
             + ledger_snapshot
+            + artifacts
         )
         return body + hashlib.sha256(body).digest()
 
@@ -170,9 +240,9 @@ class LedgerExecutor:
         if type(data) is not bytes:
             raise SnapshotError(f"snapshot must be bytes, not {type(data).__name__}")
         if data.startswith(ENVELOPE_MAGIC):
-            ledger_snapshot, used = _open_envelope(data)
+            ledger_snapshot, used, artifacts = _open_envelope(data)
             ledger = Ledger.restore(ledger_snapshot)
-            state_hash = _state_hash(ledger.state_hash(), used)
+            state_hash = _state_hash(ledger.state_hash(), used, artifacts)
             if state_hash != expected_state_hash:
                 raise SnapshotError(
                     f"snapshot state hash {state_hash.hex()} is not the expected "
@@ -180,26 +250,32 @@ class LedgerExecutor:
                 )
         else:
             ledger = Ledger.restore(data, expected_state_hash=expected_state_hash)
-            used = NO_EXPOSURE
+            used, artifacts = NO_EXPOSURE, NO_ARTIFACTS
         self.ledger = ledger
         self._used = used
+        self.artifacts = artifacts
 
 
-def _open_envelope(data: bytes) -> tuple[bytes, ExposureUsage]:
-    """(ledger snapshot, exposure usage) from an envelope; raises SnapshotError."""
+def _open_envelope(data: bytes) -> tuple[bytes, ExposureUsage, Artifacts]:
+    """(ledger snapshot, exposure usage, artifacts) from an envelope; raises SnapshotError."""
     if len(data) < _ENVELOPE_HEADER.size + _CHECKSUM_SIZE:
-        raise SnapshotError(f"exposure snapshot is truncated: {len(data)} bytes")
+        raise SnapshotError(f"executor snapshot is truncated: {len(data)} bytes")
     body, checksum = data[:-_CHECKSUM_SIZE], data[-_CHECKSUM_SIZE:]
     if hashlib.sha256(body).digest() != checksum:
-        raise SnapshotError("exposure snapshot checksum mismatch: the bytes are corrupt")
+        raise SnapshotError("executor snapshot checksum mismatch: the bytes are corrupt")
     (magic, version, reserved, transfers, amount_low, amount_high,
-     ledger_size) = _ENVELOPE_HEADER.unpack_from(body)  # fmt: skip
+     ledger_size, artifacts_size) = _ENVELOPE_HEADER.unpack_from(body)  # fmt: skip
     assert magic == ENVELOPE_MAGIC
     if version != ENVELOPE_VERSION or reserved != 0:
-        raise SnapshotError(f"unsupported exposure snapshot version {version}.{reserved}")
-    if _ENVELOPE_HEADER.size + ledger_size != len(body):
-        raise SnapshotError("exposure snapshot length does not match its ledger snapshot size")
+        raise SnapshotError(f"unsupported executor snapshot version {version}.{reserved}")
+    if _ENVELOPE_HEADER.size + ledger_size + artifacts_size != len(body):
+        raise SnapshotError("executor snapshot length does not match its parts")
     used = ExposureUsage(transfers, amount_low | amount_high << 64)  # widths fit by layout
-    if used.is_zero:
-        raise SnapshotError("exposure snapshot with zero usage is not canonical")
-    return body[_ENVELOPE_HEADER.size :], used
+    ledger_end = _ENVELOPE_HEADER.size + ledger_size
+    try:
+        artifacts = Artifacts.decode(body[ledger_end:])
+    except LimitError as error:
+        raise SnapshotError(f"executor snapshot artifacts: {error}") from None
+    if used.is_zero and artifacts.empty:
+        raise SnapshotError("executor snapshot with nothing beyond the ledger is not canonical")
+    return body[_ENVELOPE_HEADER.size : ledger_end], used, artifacts

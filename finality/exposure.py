@@ -39,8 +39,10 @@ class FinalityResult(enum.IntEnum):
     # Not remembered as a failure: the same id may be retried and succeed once BFT
     # finality resumes (a BFT block resets the epoch).
     EXCEEDS_PROVISIONAL_EXPOSURE = 200
-    # Reserved for the agent gate (DESIGN 5): a DENY verdict. Not produced yet.
+    # The agent gate (DESIGN 5) gave a DENY verdict; the block carries the verdict.
     DENIED_BY_POLICY = 201
+    # A set_limits record from a client that is not one of the cluster's operators.
+    NOT_AN_OPERATOR = 202
 
 
 assert all(code.value < 256 for code in FinalityResult)
@@ -97,6 +99,34 @@ def counted_amount(transfer: Transfer) -> int:
         return 0
     assert 0 <= transfer.amount <= U128_MAX  # Transfer validates; keeps the sum bounded
     return transfer.amount
+
+
+def _chains(transfers: Sequence[Transfer]) -> list[tuple[int, int]]:
+    """(first, last) of each chain: a maximal run of linked events plus the first one
+    after them without the flag (or the request's end, when the chain is left open)."""
+    spans = []
+    start, count = 0, len(transfers)
+    while start < count:
+        end = start
+        while end < count - 1 and transfers[end].flags & _LINKED:
+            end += 1
+        spans.append((start, end))
+        start = end + 1
+    return spans
+
+
+def withhold_chains(
+    transfers: Sequence[Transfer], vetoes: Sequence[int | None]
+) -> list[int | None]:
+    """Spread vetoes over linked chains: a vetoed event keeps its code, the rest of its
+    chain gets ``linked_event_failed``; None marks events the ledger must still see."""
+    out = list(vetoes)
+    for start, end in _chains(transfers):
+        if any(vetoes[i] is not None for i in range(start, end + 1)):
+            for index in range(start, end + 1):
+                if vetoes[index] is None:
+                    out[index] = _LINKED_EVENT_FAILED
+    return out
 
 
 def admit_provisional(

@@ -32,6 +32,8 @@ from consensus.messages import (
     WriteProof,
 )
 from consensus.mode import ModeController
+from finality.executor import LedgerExecutor
+from finality.gate import AgentGate
 
 _Signed = TypeVar("_Signed", PeerMessage, AppendEntries)
 
@@ -43,6 +45,7 @@ BEHAVIOURS = (
     "lying-stopdata",
     "bad-header",
     "raft-equivocate",
+    "wrong-verdicts",
 )
 
 
@@ -95,11 +98,28 @@ class ByzantineReplica:
             "lying-stopdata": self._lie,
             "bad-header": self._bad_header,
             "raft-equivocate": self._raft_equivocate,
+            "wrong-verdicts": self._wrong_verdicts,
         }[self.behaviour]
         sends: list[Send] = []
         for send in effects.send:
             sends.extend(handler(send))
         return dataclasses.replace(effects, send=tuple(sends), replies=())
+
+    def _wrong_verdicts(self, send: Send) -> list[Send]:
+        """As leader: propose blocks executed with no agents at all, so transfers the
+        limits deny go through and the verdicts (none) differ from everyone else's."""
+        message = send.message
+        if not isinstance(message, Propose) or not message.block.verdicts:
+            return [send]
+        executor = self.core.sm
+        assert isinstance(executor, LedgerExecutor)
+        gate, executor.gate = executor.gate, AgentGate(())
+        try:
+            other = self._other_block(list(message.block.requests))
+        finally:
+            executor.gate = gate
+        lie = self._resign(dataclasses.replace(message, block=other))
+        return [dataclasses.replace(send, message=lie)]
 
     def _raft_equivocate(self, send: Send) -> list[Send]:
         """As fallback leader: show each follower its own valid block at each new height
@@ -139,7 +159,7 @@ class ByzantineReplica:
                 entry.block.header.timestamp,
                 fallback_term=entry.block.header.fallback_term,
             )
-        header, _ = seal(
+        header, execution = seal(
             raft.sm,
             requests,
             parent=parent,
@@ -148,7 +168,7 @@ class ByzantineReplica:
         )
         raft.holds_state = False
         raft.anchor.owner.holder = "raft"  # not the BFT core's view any more
-        return Block(header=header, requests=tuple(requests))
+        return Block(header=header, requests=tuple(requests), verdicts=execution.verdicts)
 
     # ------------------------------------------------------------ behaviours
 
@@ -250,7 +270,7 @@ class ByzantineReplica:
             bad = dataclasses.replace(header, parent_hash=self.rng.randbytes(32))
         else:
             bad = dataclasses.replace(header, timestamp=header.timestamp + 10**15)
-        block = Block(header=bad, requests=message.block.requests)
+        block = dataclasses.replace(message.block, header=bad)
         return [
             dataclasses.replace(
                 send, message=self._resign(dataclasses.replace(message, block=block))

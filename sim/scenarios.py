@@ -39,7 +39,13 @@ class Scenario:
     replicas: int = 4  # unless the run names another n
     provisional_clients: bool = False  # odd-numbered clients ask for PROVISIONAL answers
     exposure: ExposureLimit = DEFAULT_EXPOSURE  # the provisional cap per fallback epoch
+    # set_limits commands: (tick, client, ((kind, id, limit), ...)); client 0 is the operator
+    limits: tuple[tuple[int, int, tuple[tuple[int, int, int], ...]], ...] = ()
 
+
+# Amount limits an operator sets early in a run: accounts 1-3 may send at most 300 per
+# transfer, and no transfer on ledger 1 may exceed 450 (client amounts are 1..500).
+_LIMITS = ((1, 1, 300), (1, 2, 300), (1, 3, 300), (2, 1, 450))
 
 # Every replica but the leader (0 at the start) reaches only the leader.
 _STAR_CUT: tuple[tuple[int, Action], ...] = (
@@ -231,6 +237,20 @@ SCENARIOS: dict[str, Scenario] = {
             summary="a Byzantine leader proposes wrong parent hashes or far-future timestamps",
             byzantine=("bad-header",),
             byzantine_leads=True,
+        ),
+        Scenario(
+            name="amount-limits",
+            summary="the operator sets per-account and per-ledger amount limits; a "
+            "customer's attempt to change them is refused; transfers over them are denied",
+            limits=((20, 0, _LIMITS), (60, 1, ((2, 1, 10**9),))),
+        ),
+        Scenario(
+            name="wrong-verdicts",
+            summary="a Byzantine leader runs no agents, so its verdicts differ from everyone "
+            "else's: its blocks are refused and a regency change replaces it",
+            byzantine=("wrong-verdicts",),
+            byzantine_leads=True,
+            limits=((20, 0, _LIMITS),),
         ),
         Scenario(
             name="silent-replica",

@@ -22,6 +22,8 @@ from consensus.crypto import Ed25519Signer, Ed25519Verifier
 from consensus.effects import Effects, PersistRecord
 from consensus.encoding import canonical
 from consensus.messages import (
+    OP_SET_LIMITS,
+    OP_TRANSFERS,
     Block,
     DecidedBlock,
     Finality,
@@ -34,17 +36,20 @@ from consensus.messages import (
 from consensus.mode import Mode, ModeConfig, ModeController
 from consensus.quorum import faults_tolerated, leader_of
 from consensus.raft.core import Anchor, RaftConfig, RaftCore
-from finality import ExposureLimit
+from finality import ExposureLimit, FinalityResult
 from finality.executor import LedgerExecutor
-from ledger import Account, AccountFlags, Ledger, TransferFlags
+from finality.gate import LIMIT_ACCOUNT, AgentGate, decode_limits, encode_limits
+from ledger import Account, AccountFlags, Ledger, TransferFlags, decode_transfers
 from ledger.codec import _RECORD
 from sim.byzantine import ByzantineReplica
 from sim.network import Network
 from sim.scenarios import SCENARIOS, Scenario
 
 _MASK64 = (1 << 64) - 1
+_POST_OR_VOID = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
 GENESIS_NS = 1_800_000_000 * 10**9  # a fixed wall-clock epoch for the simulated ledger
 OK_CODES = (0, 46)  # ok, exists: the transfer is in the ledger
+OPERATORS = frozenset({0})  # client 0 may change the amount limits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +72,7 @@ class SimConfig:
     unsafe_final_on_majority: bool = False  # a fallback majority commit counts as FINAL
     unsafe_never_heal: bool = False  # fallback never hands back to BFT
     unsafe_no_exposure_limit: bool = False  # provisional transfers are not capped
+    unsafe_no_agents: bool = False  # the agent gate runs no agents: limits are ignored
     check_certificates: bool = True  # off only to show the agreement checker on its own
 
     def replay_command(self) -> str:
@@ -135,10 +141,18 @@ class SimClient:
         # Odd clients of a scenario that says so wait only for PROVISIONAL answers.
         self.wants_provisional = sim.scenario.provisional_clients and client_id % 2 == 1
         self.provisional_answers: dict[bytes, set[int]] = {}
+        self.limits_sent = 0  # of the scenario's set_limits commands for this client
 
     def act(self, now: int, submitting: bool) -> None:
         if self.outstanding is None:
-            if submitting and self.sim.rng.random() < self.sim.config.request_rate:
+            due = [c for t, client, c in self.sim.scenario.limits if client == self.id and t <= now]
+            if len(due) > self.limits_sent:
+                self.outstanding = self._limits_request(due[self.limits_sent])
+                self.limits_sent += 1
+                self.sim.submitted[self.outstanding.key] = self.outstanding
+                self.sim.submitted_at[self.outstanding.key] = now
+                self._broadcast(now)
+            elif submitting and self.sim.rng.random() < self.sim.config.request_rate:
                 self.outstanding = self._new_request()
                 self.sim.submitted[self.outstanding.key] = self.outstanding
                 self.sim.submitted_at[self.outstanding.key] = now
@@ -151,6 +165,16 @@ class SimClient:
         self.sent_tick = now
         for replica in range(self.sim.n):
             self.sim.network.send(now, f"c{self.id}", f"r{replica}", self.outstanding)
+
+    def _limits_request(self, changes: tuple[tuple[int, int, int], ...]) -> Request:
+        request = Request(
+            client_id=self.id,
+            request_number=self.next_number,
+            transfers=encode_limits(changes),
+            operation=OP_SET_LIMITS,
+        )
+        self.next_number += 1
+        return dataclasses.replace(request, signature=self.signer.sign(canonical(request)))
 
     def _new_request(self) -> Request:
         rng = self.sim.rng
@@ -274,6 +298,10 @@ class Simulation:
         self.rolled_back: dict[tuple[int, int], tuple[int, int]] = {}
         self.submitted_at: dict[tuple[int, int], int] = {}
         self.final_keys: set[tuple[int, int]] = set()
+        # The amount-limit model, kept apart from the executor: limits by height.
+        self.verdicts_checked: set[int] = set()
+        self.account_limits: dict[int, int] = {}
+        self.ledger_limits: dict[int, int] = {}
         self.first_commit_at: dict[tuple[int, int], tuple[int, int]] = {}  # tick, transfers
 
     # ------------------------------------------------------------------ set-up
@@ -333,7 +361,7 @@ class Simulation:
             unsafe_skip_sync_reproposal=self.config.unsafe_skip_sync_reproposal,
         )
         executor = self.executor_factory(Ledger.restore(self.genesis.snapshot))
-        self._limit_exposure(executor)
+        self._configure(executor)
         owner = StateOwner()
         core = BftReplica(
             config,
@@ -386,6 +414,12 @@ class Simulation:
 
     def core(self, replica: int) -> BftReplica:
         return self.controller(replica).bft
+
+    def _configure(self, executor: LedgerExecutor) -> None:
+        self._limit_exposure(executor)
+        executor.operators = OPERATORS
+        if self.config.unsafe_no_agents:
+            executor.gate = AgentGate(())
 
     def _limit_exposure(self, executor: LedgerExecutor) -> None:
         limit = self.scenario.exposure
@@ -528,6 +562,9 @@ class Simulation:
         ):
             raise CheckFailure(f"certificate: r{replica} decided h{height} without a valid one")
         self._check_rollback(replica, decided)
+        if first == decided.block.digest and height not in self.verdicts_checked:
+            self.verdicts_checked.add(height)
+            self._check_verdicts(decided.block, results)
         for request in decided.block.requests:
             self.final_keys.add(request.key)
             if self.submitted.get(request.key) != request:
@@ -549,6 +586,8 @@ class Simulation:
             raise CheckFailure(f"results: r{replica} answered other results than h{height} holds")
         table = {(client, number): codes for client, number, codes in results}
         for request in decided.block.requests:
+            if request.operation != OP_TRANSFERS:
+                continue
             transfers = request.transfers
             for index, code in enumerate(table[request.key]):
                 if code != 0:
@@ -598,7 +637,7 @@ class Simulation:
         table = {(client, number): codes for client, number, codes in results}
         amount = count = 0
         for request in block.requests:
-            codes = table.get(request.key, b"")
+            codes = table.get(request.key, b"") if request.operation == OP_TRANSFERS else b""
             ok = 0
             for index, code in enumerate(codes):
                 if code == 0:
@@ -609,6 +648,37 @@ class Simulation:
             if request.key not in self.first_commit_at:
                 self.first_commit_at[request.key] = (self.now, ok)
         return amount, count
+
+    def _check_verdicts(self, block: Block, results: tuple[tuple[int, int, bytes], ...]) -> None:
+        """Every FINAL transfer over a limit active at the parent height is DENIED, and
+        nothing else is; set_limits from the operator apply from the next block."""
+        table = {(client, number): codes for client, number, codes in results}
+        changes: list[tuple[int, int, int]] = []
+        height = block.header.height
+        for request in block.requests:
+            codes = table[request.key]
+            if request.operation == OP_SET_LIMITS:
+                if request.client_id in OPERATORS and all(c == 0 for c in codes):
+                    changes += decode_limits(request.transfers)
+                continue
+            for index, transfer in enumerate(decode_transfers(request.transfers)):
+                over = not transfer.flags & _POST_OR_VOID and (
+                    transfer.amount > self.account_limits.get(transfer.debit_account_id, 1 << 128)
+                    or transfer.amount > self.ledger_limits.get(transfer.ledger, 1 << 128)
+                )
+                denied = codes[index] == FinalityResult.DENIED_BY_POLICY
+                if over != denied:
+                    raise CheckFailure(
+                        f"agent verdicts: transfer {transfer.id} of {transfer.amount} at "
+                        f"h{height} was {'denied' if denied else 'not denied'} against the "
+                        f"limits in force"
+                    )
+        for kind, key, limit in changes:
+            table_of = self.account_limits if kind == LIMIT_ACCOUNT else self.ledger_limits
+            if limit:
+                table_of[key] = limit
+            else:
+                table_of.pop(key, None)
 
     def _check_rollback(self, replica: int, decided: DecidedBlock) -> None:
         """S2 / S3 when a block becomes FINAL over a provisional one."""
@@ -661,6 +731,8 @@ class Simulation:
                 if self.byzantine and client.levels[key] == Finality.PROVISIONAL:
                     continue  # may be rolled back with a Byzantine replica (S3 bounds it)
                 request = self.submitted[key]
+                if request.operation != OP_TRANSFERS:
+                    continue
                 for index, code in enumerate(codes):
                     if code in OK_CODES:
                         raw = request.transfers[index * 128 : index * 128 + 16]
@@ -678,6 +750,7 @@ class Simulation:
             "state hashes": "ok",
             "exactly once": "ok",
             "acknowledged durable": "ok",
+            "agent verdicts": "ok",
             "S2 provisional kept" if not self.byzantine else "S3 rollback within exposure": "ok",
             "L1 all final after heal": "ok",
             "liveness": "ok",

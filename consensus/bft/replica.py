@@ -32,7 +32,7 @@ from typing import TypeVar, assert_never
 
 from audit_chain.merkle import merkle_root
 from consensus import certificate as certificates
-from consensus.blocks import body_problem, seal
+from consensus.blocks import body_problem, mismatch, seal
 from consensus.crypto import Signer, Verifier
 from consensus.effects import (
     CheckpointRecord,
@@ -481,7 +481,7 @@ class BftReplica:
         self._rollback_speculation()
         first = max(self.sm.last_timestamp() + 1, self._now_ns())
         header, execution = self._seal(requests, first)
-        block = Block(header=header, requests=tuple(requests))
+        block = Block(header=header, requests=tuple(requests), verdicts=execution.verdicts)
         self.speculative = block.digest
         self.speculative_execution = execution
         return block
@@ -766,7 +766,7 @@ class BftReplica:
         self.speculative_execution = execution
         if expected != header:
             self._rollback_speculation()
-            return "header does not match the block's execution"
+            return mismatch(expected, header)
         return None
 
     def _body_problem(self, block: Block) -> str | None:

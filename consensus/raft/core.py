@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar, assert_never
 
 from consensus.bft.replica import StateOwner
-from consensus.blocks import body_problem, seal
+from consensus.blocks import body_problem, mismatch, seal
 from consensus.crypto import Signer, Verifier
 from consensus.effects import Effects, EffectsBuilder, EntryRecord, PersistRecord, Send, TermRecord
 from consensus.encoding import canonical
@@ -364,7 +364,7 @@ class RaftCore:
         )
         if expected != header:
             self.holds_state = False
-            return "header does not match the block's execution"
+            return mismatch(expected, header)
         self.results[block.digest] = execution.results
         return None
 
@@ -525,7 +525,7 @@ class RaftCore:
         header, execution = seal(
             self.sm, requests, parent=tip, first=first, fallback_term=self.term
         )
-        block = Block(header=header, requests=tuple(requests))
+        block = Block(header=header, requests=tuple(requests), verdicts=execution.verdicts)
         self.results[block.digest] = execution.results
         self.last_election = self.election
         self._append(LogEntry(term=self.term, block=block))

@@ -369,9 +369,9 @@ def _rechecksum(body: bytes) -> bytes:
 
 
 def _with_header(data: bytes, **changes: int) -> bytes:
-    header = struct.Struct("<8sII Q QQ Q")
+    header = struct.Struct("<8sII Q QQ Q Q")
     fields = dict(zip(("magic", "version", "reserved", "transfers", "amount_low", "amount_high",
-                       "size"), header.unpack_from(data), strict=True))  # fmt: skip
+                       "size", "artifacts"), header.unpack_from(data), strict=True))  # fmt: skip
     fields.update(changes)
     return _rechecksum(header.pack(*fields.values()) + data[header.size : -32])
 
@@ -384,7 +384,8 @@ def _with_header(data: bytes, **changes: int) -> bytes:
         pytest.param(lambda d: _with_header(d, transfers=1), id="counter-rechecksummed"),
         pytest.param(lambda d: _with_header(d, amount_high=1), id="amount-rechecksummed"),
         pytest.param(lambda d: _with_header(d, transfers=0, amount_low=0), id="zero-counters"),
-        pytest.param(lambda d: _with_header(d, version=2), id="version"),
+        pytest.param(lambda d: _with_header(d, version=1), id="version"),
+        pytest.param(lambda d: _with_header(d, artifacts=128), id="artifacts-size"),
         pytest.param(lambda d: _with_header(d, reserved=1), id="reserved"),
         pytest.param(lambda d: _with_header(d, size=1), id="size"),
         pytest.param(lambda d: d[:60], id="truncated"),
