@@ -1,9 +1,11 @@
-"""Commit certificates: q signed ACCEPTs, verifiable by anyone with the keys.
+"""Commit certificates (q signed ACCEPTs) and fallback election proofs.
 
 Guarantees: ``verify`` returns True only if the certificate carries valid
 signatures from at least q *distinct*, *known* replicas over
 ``canonical(Accept(sender=i, regency, height, digest))`` for its own regency,
-height and digest.  It never raises on malformed content.
+height and digest.  ``election_valid`` returns True only if a fallback
+election proof holds granted votes for its candidate in ``term`` from a
+majority of distinct, known replicas.  Neither raises on malformed content.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from consensus.crypto import Verifier
 from consensus.encoding import canonical
-from consensus.messages import Accept, Certificate
+from consensus.messages import Accept, Certificate, ElectionProof
 from consensus.quorum import quorum
 
 
@@ -46,3 +48,19 @@ def check(certificate: Certificate, verifier: Verifier, replicas: int) -> Verdic
 
 def verify(certificate: Certificate, verifier: Verifier, replicas: int) -> bool:
     return check(certificate, verifier, replicas).valid
+
+
+def election_valid(election: ElectionProof, term: int, verifier: Verifier, replicas: int) -> bool:
+    """A majority of signed, granted votes for ``election.candidate`` in ``term``."""
+    if election.term != term:
+        return False
+    voters: set[int] = set()
+    for vote in election.votes:
+        if (vote.term, vote.candidate, vote.granted) != (term, election.candidate, True):
+            return False
+        if not 0 <= vote.sender < replicas or vote.sender in voters:
+            return False
+        if not verifier.verify(vote.sender, canonical(vote), vote.signature):
+            return False
+        voters.add(vote.sender)
+    return len(voters) >= replicas // 2 + 1

@@ -19,6 +19,18 @@ from typing import Any
 SIGNATURE_FIELD = "signature"
 
 
+# Per dataclass type: the encoded header (tag, class name, field count) and each
+# field's encoded key, computed once; the encoding is the same as spelling them out.
+_LAYOUTS: dict[type, tuple[bytes, tuple[tuple[bytes, str], ...]]] = {}
+
+
+def _layout(cls: type) -> tuple[bytes, tuple[tuple[bytes, str], ...]]:
+    name = cls.__name__.encode()
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != SIGNATURE_FIELD]
+    prefix = b"d" + _length(len(name)) + name + _length(len(fields))
+    return prefix, tuple((_length(len(f.encode())) + f.encode(), f) for f in fields)
+
+
 def canonical(value: Any) -> bytes:
     out: list[bytes] = []
     _encode(value, out)
@@ -51,12 +63,13 @@ def _encode(value: Any, out: list[bytes]) -> None:
         # hash covers the requests) is signed and hashed through that header.
         _encode(value.canonical_stand_in(), out)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        name = type(value).__name__.encode()
-        fields = [f for f in dataclasses.fields(value) if f.name != SIGNATURE_FIELD]
-        out += (b"d", _length(len(name)), name, _length(len(fields)))
-        for field in fields:
-            key = field.name.encode()
-            out += (_length(len(key)), key)
-            _encode(getattr(value, field.name), out)
+        layout = _LAYOUTS.get(type(value))
+        if layout is None:
+            layout = _LAYOUTS[type(value)] = _layout(type(value))
+        prefix, fields = layout
+        out.append(prefix)
+        for key, name in fields:
+            out.append(key)
+            _encode(getattr(value, name), out)
     else:
         raise TypeError(f"cannot encode {type(value).__name__} canonically")

@@ -179,7 +179,19 @@ class BlockHeader:
 
     @property
     def digest(self) -> bytes:
-        return digest_of(self)
+        # Asked for again and again (chaining, votes, certificates): remember recent
+        # ones.  A header is immutable and hashes by value, so the memo cannot go stale.
+        known = _HEADER_DIGESTS.get(self)
+        if known is None:
+            known = digest_of(self)
+            if len(_HEADER_DIGESTS) >= _HEADER_DIGESTS_MAX:
+                _HEADER_DIGESTS.clear()
+            _HEADER_DIGESTS[self] = known
+        return known
+
+
+_HEADER_DIGESTS: dict[BlockHeader, bytes] = {}
+_HEADER_DIGESTS_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,14 +353,17 @@ FALLBACK_ENTRIES_MAX = 256  # a provisional suffix is bounded (the exposure limi
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogEntry:
     """One block of a replica's fallback log.  ``term`` is the fallback term whose
-    leader appended it, or the BFT regency of a write proof carried into the log."""
+    leader appended it, or, for a ``tentative`` entry, the BFT regency in which a
+    replica voted for the block before falling back (DESIGN 3.3)."""
 
     term: int
     block: Block
+    tentative: bool = False
 
     def __post_init__(self) -> None:
         _nat("term", self.term)
         _instance("block", self.block, Block)
+        _instance("tentative", self.tentative, bool)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,11 +373,13 @@ class RequestVote:
     final_height: int  # the candidate's last BFT-final height
     last_height: int  # the candidate's last log height (final_height when the log is empty)
     last_term: int  # the term of that entry (0 for the BFT-final block itself)
+    chain: tuple[bytes, ...] = ()  # digests of its log above final_height, in order
     signature: bytes = b""
 
     def __post_init__(self) -> None:
         for name in ("sender", "term", "final_height", "last_height", "last_term"):
             _nat(name, getattr(self, name))
+        _tuple_of("chain", self.chain, bytes, FALLBACK_ENTRIES_MAX)
         _signature(self.signature)
 
 

@@ -134,12 +134,15 @@ class ModeController:
         raft.waiting = lambda: (request for request, _ in bft.pending.values())
         bft.fallback_report = raft.report
         bft.fallback_conflict = self._fallback_conflict
+        last_mode = "bft"
         for record in records:
             if isinstance(record, ModeRecord):
                 self.epoch = max(self.epoch, record.epoch)
-        # A restarted replica starts in BFT mode: its fallback log is kept and reported,
-        # and it re-enters fallback by the same rule as everyone else.
+                last_mode = record.mode
         self._parts: list[Effects] = []
+        # A replica that crashed in fallback comes back in fallback: in BFT mode it could
+        # vote again in the stalled regency, behind the fallback's back.
+        self.resume_fallback = last_mode == "fallback" and config.enabled
 
     # ================================================================ driver API
 
@@ -165,6 +168,10 @@ class ModeController:
 
     def tick(self) -> Effects:
         self._parts = []
+        if self.resume_fallback:
+            self.resume_fallback = False
+            self.epoch -= 1  # the same epoch as before the crash
+            self._transition(Event.STALLED)
         self._bft(self.bft.tick)
         if self.mode is Mode.FALLBACK:
             self._raft(self.raft.tick())
@@ -241,7 +248,8 @@ class ModeController:
                 s for s in self.bft.resend if not isinstance(s.message, Propose | Write | Accept)
             ]
             floor = max(self.bft.stop_sent, self.bft.regency)
-            self._raft(self.raft.activate(floor, self._tentative_entry()))
+            tentative, proven = self._tentative_entry()
+            self._raft(self.raft.activate(floor, tentative, proven))
         else:
             self.raft.deactivate()
             self.bft.timers_paused = False
@@ -261,7 +269,7 @@ class ModeController:
         newer_regency_running = bft.regency > self.entry_regency and not bft.in_sync
         return bft.decided_height > self.entry_height or newer_regency_running
 
-    def _tentative_entry(self) -> LogEntry | None:
+    def _tentative_entry(self) -> tuple[LogEntry | None, bool]:
         """What this replica voted for at the open BFT height, as a log entry whose term
         is that regency (DESIGN 3.3): its write proof, or else the block it WROTE.
 
@@ -270,18 +278,18 @@ class ModeController:
         must honour; Raft's up-to-date rule then carries it, so the fallback commits
         it rather than a block BFT would later overrule."""
         bft = self.bft
-        candidates: list[tuple[int, Block]] = []
+        candidates: list[tuple[int, bool, Block]] = []
         proof = bft.best_proof
         if proof is not None and proof.height == bft.height:
-            candidates.append((proof.regency, proof.block))
+            candidates.append((proof.regency, True, proof.block))
         for (kind, regency, height), digest in bft.votes.items():
             block = bft.proposals.get(regency)
             if kind == "write" and height == bft.height and block and block.digest == digest:
-                candidates.append((regency, block))
+                candidates.append((regency, False, block))
         if not candidates:
-            return None
-        regency, block = max(candidates, key=lambda c: (c[0], c[1].digest))
-        return LogEntry(term=regency, block=block)
+            return None, False
+        regency, proven, block = max(candidates, key=lambda c: (c[0], c[1], c[2].digest))
+        return LogEntry(term=regency, block=block, tentative=True), proven
 
     def _maybe_fall_back(self) -> None:
         if not self.cfg.enabled or not self.bft.pending:
@@ -312,7 +320,9 @@ class ModeController:
         if not 0 <= sender < self.n or sender == self.id:
             return
         if not self.bft.verifier.verify(sender, canonical(message), message.signature):
-            return  # the fallback core records the evidence when it is active
+            if self.mode is Mode.FALLBACK:
+                self._raft(self.raft.step(message))  # checks again, records the evidence
+            return
         self.heard[sender] = self.bft.ticks
         if isinstance(message, Presence):
             self.peer_heard[sender] = frozenset(p for p in message.heard if 0 <= p < self.n)
@@ -324,7 +334,7 @@ class ModeController:
                     final = message.final_height
                 if final > self.bft.decided_height:
                     self._bft(lambda: self.bft.fetch_from(sender))  # catch up on FINAL blocks
-            self._raft(self.raft.step(message))
+            self._raft(self.raft.step(message, authenticated=True))
 
     def _recent(self) -> set[int]:
         window = self.cfg.reach_window_ticks
@@ -370,7 +380,13 @@ class ModeController:
         """Why this replica must not follow ``sync``: its fallback log above the SYNC's
         parent is more up to date (Raft's order) than the suffix the SYNC re-certifies,
         so it may hold provisional commits the leader's STOP-DATAs did not show."""
-        mine = self.raft.entries_above(sync.height - 1)
+        # What this replica can prove (``report``): its log up to the last entry of an
+        # elected term.  Trailing tentative entries are BFT votes, governed by BFT's own
+        # rules, and nothing commits in a fallback without an elected term's entry.
+        report = self.raft.report()
+        if report is None:
+            return None
+        mine = [e for e in report.entries if e.block.header.height > sync.height - 1]
         if not mine:
             return None
         chain = [sync.block]
@@ -384,7 +400,7 @@ class ModeController:
         if proof is not None and proof.block.digest != mine[0].block.digest:
             # A write proof at the open height outranks any fallback log (S1 first).
             return None
-        ours = (mine[-1].term, mine[-1].block.header.height)
+        ours = (report.term, mine[-1].block.header.height)
         theirs = (0, sync.height - 1)
         if sync.suffix is not None and sync.suffix.entries:
             theirs = (sync.suffix.term, sync.suffix.entries[-1].block.header.height)

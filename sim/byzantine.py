@@ -18,6 +18,7 @@ from consensus.effects import Effects, Send
 from consensus.encoding import canonical
 from consensus.messages import (
     Accept,
+    AppendAck,
     AppendEntries,
     Block,
     LogEntry,
@@ -35,7 +36,7 @@ from consensus.mode import ModeController
 from finality.executor import LedgerExecutor
 from finality.gate import AgentGate
 
-_Signed = TypeVar("_Signed", PeerMessage, AppendEntries)
+_Signed = TypeVar("_Signed", PeerMessage, AppendEntries, AppendAck)
 
 BEHAVIOURS = (
     "silent",
@@ -46,7 +47,10 @@ BEHAVIOURS = (
     "bad-header",
     "raft-equivocate",
     "wrong-verdicts",
+    "huge-ack",
+    "poison-term",
 )
+POISONED_TERM = 10**12
 
 
 class ByzantineReplica:
@@ -54,6 +58,7 @@ class ByzantineReplica:
         assert behaviour in BEHAVIOURS, behaviour
         self.node = node
         self.core = node.bft
+        self.silent_after = 400  # poison-term: the tick it stops talking
         self.behaviour = behaviour
         self.rng = rng
         self.seen: list[PeerMessage] = []  # for replays; bounded
@@ -68,7 +73,8 @@ class ByzantineReplica:
 
     def tick(self) -> Effects:
         raft = self.node.raft
-        if self.behaviour == "raft-equivocate" and raft.active and raft.role == "follower":
+        leads = ("raft-equivocate", "poison-term")
+        if self.behaviour in leads and raft.active and raft.role == "follower":
             raft.election_deadline = 0  # campaign at once: it wants to lead the fallback
         return self._corrupt(self.node.tick())
 
@@ -99,6 +105,8 @@ class ByzantineReplica:
             "bad-header": self._bad_header,
             "raft-equivocate": self._raft_equivocate,
             "wrong-verdicts": self._wrong_verdicts,
+            "huge-ack": self._huge_ack,
+            "poison-term": self._poison_term,
         }[self.behaviour]
         sends: list[Send] = []
         for send in effects.send:
@@ -120,6 +128,32 @@ class ByzantineReplica:
             executor.gate = gate
         lie = self._resign(dataclasses.replace(message, block=other))
         return [dataclasses.replace(send, message=lie)]
+
+    def _huge_ack(self, send: Send) -> list[Send]:
+        """As fallback follower: acknowledge heights far beyond what the leader sent."""
+        message = send.message
+        if not isinstance(message, AppendAck):
+            return [send]
+        lie = dataclasses.replace(message, success=True, match_height=message.match_height + 1000)
+        return [dataclasses.replace(send, message=self._resign(lie))]
+
+    def _poison_term(self, send: Send) -> list[Send]:
+        """As fallback leader: give replicas 1 and 2 a block of their own whose entry claims
+        a huge term no election supports; fall silent once the network heals."""
+        if self.core.ticks >= self.silent_after:
+            return []
+        message = send.message
+        if not isinstance(message, AppendEntries) or send.to not in (1, 2):
+            return [send]
+        send = self._raft_equivocate(send)[0]
+        message = send.message
+        assert isinstance(message, AppendEntries)
+        entries = tuple(
+            dataclasses.replace(e, term=POISONED_TERM) if e.term == message.term else e
+            for e in message.entries
+        )
+        lie = dataclasses.replace(message, entries=entries)
+        return [dataclasses.replace(send, message=self._resign(lie))]
 
     def _raft_equivocate(self, send: Send) -> list[Send]:
         """As fallback leader: show each follower its own valid block at each new height

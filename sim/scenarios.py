@@ -239,6 +239,52 @@ SCENARIOS: dict[str, Scenario] = {
             byzantine_leads=True,
         ),
         Scenario(
+            name="restart-in-fallback",
+            summary="n=7: two fallback episodes; in the second a follower crashes and "
+            "restarts, then the cluster splits 3/4 before healing (its log must survive)",
+            replicas=7,
+            schedule=(
+                (40, ("isolate", 4)),
+                (40, ("isolate", 5)),
+                (40, ("isolate", 6)),
+                (300, ("heal",)),
+                (420, ("isolate", 4)),
+                (420, ("isolate", 5)),
+                (420, ("isolate", 6)),
+                (750, ("crash", 1)),
+                (752, ("restart", 1)),
+                (755, ("heal",)),
+                *((755, ("cut", a, b)) for a in (0, 2, 3) for b in (1, 4, 5, 6)),
+                *((755, ("cut", b, a)) for a in (0, 2, 3) for b in (1, 4, 5, 6)),
+                (1200, ("heal",)),
+            ),
+            workload_ticks=1250,
+            heal_tick=1200,
+            provisional_clients=True,
+            liveness_ticks_max=3000,
+        ),
+        Scenario(
+            name="byzantine-acks",
+            summary="star partition; a Byzantine follower acknowledges fallback heights it "
+            "never received (the leader must not trust them)",
+            byzantine=("huge-ack",),
+            schedule=(*_STAR_CUT, (400, ("heal",))),
+            workload_ticks=460,
+            heal_tick=400,
+            provisional_clients=True,
+        ),
+        Scenario(
+            name="poisoned-terms",
+            summary="star partition; the Byzantine hub leads the fallback, gives two "
+            "followers blocks under a term nobody elected, then falls silent",
+            byzantine=("poison-term",),
+            byzantine_leads=True,
+            schedule=(*_STAR_CUT, (400, ("heal",))),
+            workload_ticks=460,
+            heal_tick=400,
+            provisional_clients=True,
+        ),
+        Scenario(
             name="amount-limits",
             summary="the operator sets per-account and per-ledger amount limits; a "
             "customer's attempt to change them is refused; transfers over them are denied",

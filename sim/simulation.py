@@ -628,6 +628,10 @@ class Simulation:
             ) from None
         amount, count = self._committed_value(block, results)
         epoch = node.bft.decided_height
+        earlier = self.provisional_of[replica].get(height)
+        if earlier is not None and earlier[0].digest != digest:
+            # Replaced while still provisional: a rollback as much as a FINAL one is.
+            self._roll_back(replica, height, earlier)
         self.provisional_of[replica][height] = (block, amount, count, epoch)
 
     def _committed_value(
@@ -686,6 +690,9 @@ class Simulation:
         mine = self.provisional_of[replica].pop(height, None)
         if mine is None or mine[0].digest == decided.block.digest:
             return
+        self._roll_back(replica, height, mine)
+
+    def _roll_back(self, replica: int, height: int, mine: tuple[Block, int, int, int]) -> None:
         if not self.byzantine:
             raise CheckFailure(f"S2: r{replica} rolled back provisional h{height}")
         key = (replica, mine[3])

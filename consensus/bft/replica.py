@@ -58,7 +58,6 @@ from consensus.messages import (
     Certificate,
     CheckpointVote,
     DecidedBlock,
-    ElectionProof,
     FallbackReport,
     FetchBlocks,
     PeerMessage,
@@ -1041,7 +1040,7 @@ class BftReplica:
                 continue
             if report.entries[-1].block.header.height < self.height:
                 continue  # decided already
-            if not self._election_valid(report.election, report.term):
+            if not certificates.election_valid(report.election, report.term, self.verifier, self.n):
                 self._blame(sender, f"fallback report for term {report.term} unproven")
                 continue
             last = report.entries[-1].block
@@ -1054,18 +1053,6 @@ class BftReplica:
             self.sync_suffix = best[1]
             self.reproposals = {e.block.header.height: e.block for e in best[1].entries}
             self._trace(f"re-certify fallback term {best[1].term} up to h{best[0][1]}")
-
-    def _election_valid(self, election: ElectionProof, term: int) -> bool:
-        voters = set()
-        for vote in election.votes:
-            if (vote.term, vote.candidate, vote.granted) != (term, election.candidate, True):
-                return False
-            if not 0 <= vote.sender < self.n or vote.sender in voters:
-                return False
-            if not self.verifier.verify(vote.sender, canonical(vote), vote.signature):
-                return False
-            voters.add(vote.sender)
-        return election.term == term and len(voters) >= self.n // 2 + 1
 
     def _catch_up_from(self, stop_data: Sequence[StopData]) -> None:
         """Fetch the decided blocks the STOP-DATAs prove exist and this replica lacks."""
@@ -1149,6 +1136,13 @@ class BftReplica:
             and (proof is None or own.regency > proof.regency)
         ):
             return "ignores a write proof this replica holds"
+        suffix = sync.suffix
+        if suffix is not None and (
+            not suffix.entries
+            or suffix.entries[-1].term != suffix.term
+            or not certificates.election_valid(suffix.election, suffix.term, self.verifier, self.n)
+        ):
+            return "re-certifies a fallback suffix no election supports"
         return None
 
     # ================================================================ checkpoints

@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar, assert_never
 
 from consensus.bft.replica import StateOwner
 from consensus.blocks import body_problem, mismatch, seal
+from consensus.certificate import election_valid
 from consensus.crypto import Signer, Verifier
 from consensus.effects import Effects, EffectsBuilder, EntryRecord, PersistRecord, Send, TermRecord
 from consensus.encoding import canonical
@@ -129,6 +130,7 @@ class RaftCore:
         self.ticks = ticks
         self.active = False
         self.frozen = False  # BFT is about to take over: append nothing new
+        self.proven: dict[int, bytes] = {}  # height -> block with a BFT write proof here
         self.term = 0
         self.voted_for: int | None = None
         self.log: list[LogEntry] = []  # log[i] sits at height base + 1 + i
@@ -154,23 +156,34 @@ class RaftCore:
 
     # ================================================================ driver API
 
-    def activate(self, term_floor: int, tentative: LogEntry | None) -> Effects:
-        """Enter fallback: terms above ``term_floor`` (every regency seen); a block this
-        replica holds a BFT write proof for joins the log as a tentative entry."""
+    def activate(self, term_floor: int, tentative: LogEntry | None, proven: bool) -> Effects:
+        """Enter fallback: terms above ``term_floor`` (every regency seen); the block this
+        replica voted for at the open BFT height joins the log as a tentative entry.
+
+        A block with a BFT write proof (``proven``) outranks anything at that height
+        in re-certification, so it replaces an uncommitted entry there, is never
+        truncated, and votes go only to candidates whose log holds it."""
         self._out = EffectsBuilder()
         self.active = True
         self._rebase()
+        self.proven = {}
         if term_floor > self.term:
             self.term = term_floor
             self.voted_for = None
             self._out.persist.append(TermRecord(term=self.term, voted_for=None))
-        if (
-            tentative is not None
-            and not self.log
-            and self._take_state()
-            and self._check_block(tentative.block) is None
-        ):
-            self._append(tentative)
+        if tentative is not None:
+            height = tentative.block.header.height
+            held = self.entry_at(height)
+            replaces = held is not None and held.block.digest != tentative.block.digest
+            if proven and replaces and height > self.commit_height:
+                self._truncate(height)
+                held = None
+            if held is None and height == self.last_height + 1:
+                self._take_state()
+                if self._check_block(tentative.block) is None:
+                    self._append(tentative)
+            if proven and self.entry_at(height) == tentative:
+                self.proven[height] = tentative.block.digest
         self.role = "follower"
         self._reset_election_timer()
         self._trace(f"fallback on: term {self.term}, final h{self.base}, log {len(self.log)}")
@@ -183,9 +196,10 @@ class RaftCore:
         self.leader = None
         self.holds_state = False
 
-    def step(self, message: FallbackMessage) -> Effects:
+    def step(self, message: FallbackMessage, authenticated: bool = False) -> Effects:
+        """``authenticated``: the driver (the mode controller) checked the signature."""
         self._out = EffectsBuilder()
-        if self._authentic(message) and self.active:
+        if (authenticated or self._authentic(message)) and self.active:
             self._dispatch(message)
             self._maybe_propose()
         return self._out.build()
@@ -209,12 +223,17 @@ class RaftCore:
         return self._out.build()
 
     def report(self) -> FallbackReport | None:
-        """The provisional suffix with the election proof of its last entry's term."""
+        """The provisional suffix up to its last entry of an elected leader's term (later
+        tentative entries are BFT votes, which STOP-DATA reports its own way), with the
+        election proof of that term."""
         self._rebase()
+        entries = list(self.log)
+        while entries and entries[-1].tentative:
+            entries.pop()
         election = self.last_election
-        if not self.log or election is None or election.term != self.log[-1].term:
+        if not entries or election is None or election.term != entries[-1].term:
             return None
-        return FallbackReport(term=election.term, election=election, entries=tuple(self.log))
+        return FallbackReport(term=election.term, election=election, entries=tuple(entries))
 
     def entries_above(self, height: int) -> list[LogEntry]:
         """The log's entries above ``height`` (at or below the BFT-final height: none)."""
@@ -272,7 +291,11 @@ class RaftCore:
     # ================================================================ recovery
 
     def _recover(self, records: Sequence[PersistRecord]) -> None:
-        entries: dict[int, LogEntry] = {}
+        """Term, vote and the log above the BFT-final height, from the records.
+
+        Records of earlier episodes (at heights BFT has decided since) stay on disk;
+        only the run starting just above the final height, chained to it, is the log."""
+        entries: dict[int, tuple[LogEntry, ElectionProof | None]] = {}
         for record in records:
             match record:
                 case TermRecord(term=term, voted_for=voted_for):
@@ -280,16 +303,23 @@ class RaftCore:
                 case EntryRecord(height=height, entry=entry, election=election):
                     for stale in [h for h in entries if h >= height]:
                         del entries[stale]
-                    entries[height] = entry
-                    self.last_election = election
+                    entries[height] = (entry, election)
                 case _:
                     pass  # the BFT core's and the controller's records
-        if entries:
-            self.base = min(entries) - 1
-            height = self.base + 1
-            while height in entries:
-                self.log.append(entries[height])
-                height += 1
+        final = self.anchor.final_header()
+        self.base = final.height
+        parent = final.digest
+        height = final.height + 1
+        while height in entries:
+            entry, election = entries[height]
+            if entry.block.header.parent_hash != parent:
+                break
+            self.log.append(entry)
+            if not entry.tentative:
+                self.last_election = election
+            parent = entry.block.digest
+            height += 1
+        self.commit_height = self.base
 
     # ================================================================ the state machine
 
@@ -307,6 +337,7 @@ class RaftCore:
             self.log = []
         self.base = final.height
         self.commit_height = max(self.commit_height, self.base)
+        self.proven = {h: d for h, d in self.proven.items() if h > self.base}
         kept = {e.block.digest for e in self.log}
         self.results = {d: r for d, r in self.results.items() if d in kept}
         self.holds_state = False  # the BFT core moved the state machine
@@ -411,6 +442,7 @@ class RaftCore:
                 final_height=self.base,
                 last_height=self.last_height,
                 last_term=self.last_term,
+                chain=tuple(e.block.digest for e in self.log),
             )
         )
         own = self._sign(Vote(sender=self.id, term=self.term, candidate=self.id, granted=True))
@@ -442,13 +474,22 @@ class RaftCore:
         self._rebase()
         up_to_date = (request.last_term, request.last_height) >= (self.last_term, self.last_height)
         final_ok = request.final_height >= self.base
+        proof_ok = all(
+            height <= request.final_height
+            or (
+                0 <= height - request.final_height - 1 < len(request.chain)
+                and request.chain[height - request.final_height - 1] == digest
+            )
+            for height, digest in self.proven.items()
+        )
         if self.cfg.unsafe_vote_any:
-            up_to_date = final_ok = True
+            up_to_date = final_ok = proof_ok = True
         granted = (
             request.term == self.term
             and self.voted_for in (None, request.sender)
             and final_ok
             and up_to_date
+            and proof_ok
         )
         if granted:
             self._set_term(self.term, request.sender)  # durable before the vote leaves
@@ -483,18 +524,9 @@ class RaftCore:
         self._replicate_all()
 
     def _election_valid(self, election: ElectionProof, term: int, leader: int) -> bool:
-        if (election.term, election.candidate) != (term, leader):
-            return False
-        voters = set()
-        for vote in election.votes:
-            if (vote.term, vote.candidate, vote.granted) != (term, leader, True):
-                return False
-            if not 0 <= vote.sender < self.n or vote.sender in voters:
-                return False
-            if not self.verifier.verify(vote.sender, canonical(vote), vote.signature):
-                return False
-            voters.add(vote.sender)
-        return len(voters) >= self.majority
+        return election.candidate == leader and election_valid(
+            election, term, self.verifier, self.n
+        )
 
     # ================================================================ replication
 
@@ -578,12 +610,24 @@ class RaftCore:
         height = prev
         for entry in append.entries:
             height += 1
+            if entry.term > append.term or (
+                not entry.tentative and entry.term != entry.block.header.fallback_term
+            ):
+                self._blame(append.sender, f"entry at h{height} with an impossible term")
+                return
             held = self.entry_at(height)
             if held is not None:
                 if held.block.digest == entry.block.digest:
                     continue
-                if held.term == entry.term:
+                if held.term == entry.term and not (held.tentative or entry.tentative):
                     self._blame(append.sender, f"two blocks at h{height} in term {entry.term}")
+                    return
+                if height <= self.commit_height:
+                    self._blame(append.sender, f"append replaces committed h{height}")
+                    return
+                if self.proven.get(height) == held.block.digest:
+                    # A write-proven block outranks this one at re-certification: keep it.
+                    self._ack(append.sender, False, height - 1)
                     return
                 self._truncate(height)
             self._take_state()
@@ -614,6 +658,9 @@ class RaftCore:
 
     def _on_ack(self, ack: AppendAck) -> None:
         if self.role != "leader" or ack.term != self.term or ack.sender not in self.next_height:
+            return
+        if ack.success and ack.match_height > self.last_height:
+            self._blame(ack.sender, f"acknowledged h{ack.match_height} beyond the log")
             return
         if ack.success:
             self.match_height[ack.sender] = max(self.match_height[ack.sender], ack.match_height)

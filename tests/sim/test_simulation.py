@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 
@@ -55,20 +56,27 @@ def test_same_seed_same_trace_hash() -> None:
     assert first.trace_hash != other.trace_hash
 
 
+def _sweep_one(job: tuple[str, int]) -> str | None:
+    scenario, seed = job
+    result = Simulation(SimConfig(seed=seed, scenario=scenario)).run()
+    return None if result.ok else f"{scenario} seed {seed}: {result.failures}"
+
+
 def test_seed_sweep() -> None:
-    """At least 500 seeded runs across every scenario (more with AEGIS_SLOW=1)."""
+    """At least 500 seeded runs across every scenario (more with AEGIS_SLOW=1), on all
+    cores; tests/sim/test_fallback.py sweeps the fallback scenarios 500 seeds each."""
     per_scenario = (2000 if SLOW else 500) // len(SCENARIOS) + 1
     started = time.monotonic()
-    failures = []
-    for index, scenario in enumerate(SCENARIOS):
-        for seed in range(100 + index * 1000, 100 + index * 1000 + per_scenario):
-            result = Simulation(SimConfig(seed=seed, scenario=scenario)).run()
-            if not result.ok:
-                failures.append(f"{scenario} seed {seed}: {result.failures}")
-    runs = per_scenario * len(SCENARIOS)
-    assert runs >= 500
-    assert not failures, "\n".join(failures[:5])
-    print(f"sweep: {runs} runs in {time.monotonic() - started:.0f}s")
+    jobs = [
+        (scenario, seed)
+        for index, scenario in enumerate(SCENARIOS)
+        for seed in range(100 + index * 1000, 100 + index * 1000 + per_scenario)
+    ]
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        failures = [f for f in pool.imap_unordered(_sweep_one, jobs, chunksize=4) if f]
+    assert len(jobs) >= 500
+    assert not failures, "\n".join(sorted(failures)[:5])
+    print(f"sweep: {len(jobs)} runs in {time.monotonic() - started:.0f}s")
 
 
 # ------------------------------------------------------------ the checkers can fail
