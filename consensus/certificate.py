@@ -56,7 +56,12 @@ def election_valid(election: ElectionProof, term: int, verifier: Verifier, repli
         return False
     voters: set[int] = set()
     for vote in election.votes:
-        if (vote.term, vote.candidate, vote.granted) != (term, election.candidate, True):
+        if (vote.term, vote.candidate, vote.granted, vote.pre) != (
+            term,
+            election.candidate,
+            True,
+            False,
+        ):
             return False
         if not 0 <= vote.sender < replicas or vote.sender in voters:
             return False

@@ -374,12 +374,14 @@ class RequestVote:
     last_height: int  # the candidate's last log height (final_height when the log is empty)
     last_term: int  # the term of that entry (0 for the BFT-final block itself)
     chain: tuple[bytes, ...] = ()  # digests of its log above final_height, in order
+    pre: bool = False  # a pre-vote: "would you vote for me in ``term``?" (nothing changes)
     signature: bytes = b""
 
     def __post_init__(self) -> None:
         for name in ("sender", "term", "final_height", "last_height", "last_term"):
             _nat(name, getattr(self, name))
         _tuple_of("chain", self.chain, bytes, FALLBACK_ENTRIES_MAX)
+        _instance("pre", self.pre, bool)
         _signature(self.signature)
 
 
@@ -389,12 +391,14 @@ class Vote:
     term: int
     candidate: int
     granted: bool
+    pre: bool = False  # the answer to a pre-vote; never part of an election proof
     signature: bytes = b""
 
     def __post_init__(self) -> None:
         for name in ("sender", "term", "candidate"):
             _nat(name, getattr(self, name))
         _instance("granted", self.granted, bool)
+        _instance("pre", self.pre, bool)
         _signature(self.signature)
 
 

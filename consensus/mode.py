@@ -73,7 +73,7 @@ class ModeError(RuntimeError):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModeConfig:
     enabled: bool = True  # False: BFT only (the comparison baseline)
-    fallback_after_ticks: int = 150
+    fallback_after_ticks: int = 100
     presence_ticks: int = 10  # reachability gossip period while in fallback
     reach_window_ticks: int = 40  # a peer heard within this is reachable
     heal_retry_ticks: int = 120  # between re-certification attempts
@@ -125,8 +125,9 @@ class ModeController:
         self.entry_regency = 0
         self.entry_height = 0
         self.last_progress = bft.ticks
-        self.failed_at_progress = bft.failed_regencies
-        self.heard: dict[int, int] = {}  # peer -> tick last heard (fallback messages)
+        self.stops_at_progress = bft.stop_sent
+        self.heard: dict[int, int] = {}  # peer -> tick last heard from
+        self.fallback_heard_at = -config.reach_window_ticks - 1  # last fallback message
         self.peer_heard: dict[int, frozenset[int]] = {}  # peer -> whom it last said it heard
         self.last_presence = 0
         self.last_heal = -config.heal_retry_ticks
@@ -134,6 +135,7 @@ class ModeController:
         raft.waiting = lambda: (request for request, _ in bft.pending.values())
         bft.fallback_report = raft.report
         bft.fallback_conflict = self._fallback_conflict
+        bft.sync_allowed = self._sync_allowed
         last_mode = "bft"
         for record in records:
             if isinstance(record, ModeRecord):
@@ -158,11 +160,13 @@ class ModeController:
             case RequestVote() | Vote() | AppendEntries() | AppendAck() | Presence():
                 self._on_fallback_message(message)
             case Propose() | Write() | Accept():
+                self._heard_from(message.sender)
                 # No BFT vote in the stalled regency while in fallback; a newer regency's
                 # messages are kept by the BFT core until that regency is installed.
                 if self.mode is Mode.BFT or message.regency > self.bft.regency:
                     self._bft(lambda: self.bft.step(message))
             case _:
+                self._heard_from(message.sender)
                 self._bft(lambda: self.bft.step(message))
         return _merge(self._parts) if self._parts else Effects()
 
@@ -173,9 +177,14 @@ class ModeController:
             self.epoch -= 1  # the same epoch as before the crash
             self._transition(Event.STALLED)
         self._bft(self.bft.tick)
+        if self.mode is Mode.FALLBACK or (
+            self.cfg.enabled
+            and self.bft.ticks - self.fallback_heard_at <= self.cfg.reach_window_ticks
+        ):
+            # In BFT mode only while a peer is in fallback: it needs to learn who hears it.
+            self._gossip_presence()
         if self.mode is Mode.FALLBACK:
             self._raft(self.raft.tick())
-            self._gossip_presence()
             self._maybe_heal()
         else:
             self.raft.ticks += 1  # one clock for both cores
@@ -200,7 +209,7 @@ class ModeController:
             self._on_final(decided.block)
         if self.bft.decided_height > height:
             self.last_progress = self.bft.ticks
-            self.failed_at_progress = self.bft.failed_regencies
+            self.stops_at_progress = self.bft.stop_sent
         if self.mode is Mode.FALLBACK and self._bft_works():
             self._transition(Event.BFT_PROGRESS)
 
@@ -254,7 +263,7 @@ class ModeController:
             self.raft.deactivate()
             self.bft.timers_paused = False
             self.last_progress = self.bft.ticks
-            self.failed_at_progress = self.bft.failed_regencies
+            self.stops_at_progress = self.bft.stop_sent
             self._own(Effects(persist=(ModeRecord(mode="bft", epoch=self.epoch),)))
             self._trace(
                 f"bft again after epoch {self.epoch}: {event.value}, regency "
@@ -295,7 +304,8 @@ class ModeController:
         if not self.cfg.enabled or not self.bft.pending:
             return
         stalled = self.bft.ticks - self.last_progress >= self.cfg.fallback_after_ticks
-        if stalled and self.bft.failed_regencies > self.failed_at_progress:
+        # A STOP sent since the last progress: the regency then in charge failed.
+        if stalled and self.bft.stop_sent > self.stops_at_progress:
             self._transition(Event.STALLED)
 
     def _on_final(self, block: Block) -> None:
@@ -323,7 +333,8 @@ class ModeController:
             if self.mode is Mode.FALLBACK:
                 self._raft(self.raft.step(message))  # checks again, records the evidence
             return
-        self.heard[sender] = self.bft.ticks
+        self._heard_from(sender)
+        self.fallback_heard_at = self.bft.ticks
         if isinstance(message, Presence):
             self.peer_heard[sender] = frozenset(p for p in message.heard if 0 <= p < self.n)
             return
@@ -335,6 +346,12 @@ class ModeController:
                 if final > self.bft.decided_height:
                     self._bft(lambda: self.bft.fetch_from(sender))  # catch up on FINAL blocks
             self._raft(self.raft.step(message, authenticated=True))
+
+    def _heard_from(self, sender: int) -> None:
+        """Reachability: any message counts (BFT ones are authenticated by the BFT core
+        later; a forged sender can only make a heal attempt come early)."""
+        if 0 <= sender < self.n and sender != self.id:
+            self.heard[sender] = self.bft.ticks
 
     def _recent(self) -> set[int]:
         window = self.cfg.reach_window_ticks
@@ -376,10 +393,21 @@ class ModeController:
         self._trace(f"q replicas reachable: regency change to re-certify (epoch {self.epoch})")
         self._bft(self.bft.request_regency_change)
 
+    def _sync_allowed(self) -> bool:
+        """A leader in fallback sends its SYNC only once q replicas hear each other."""
+        return self.mode is Mode.BFT or self.reachable_quorum()
+
     def _fallback_conflict(self, sync: Sync) -> str | None:
-        """Why this replica must not follow ``sync``: its fallback log above the SYNC's
-        parent is more up to date (Raft's order) than the suffix the SYNC re-certifies,
-        so it may hold provisional commits the leader's STOP-DATAs did not show."""
+        """Why this replica must not follow ``sync``.
+
+        * In fallback, until q replicas hear each other: a SYNC from a hub that
+          reaches everyone (a star partition) would pull replicas back into a BFT
+          that still cannot decide; the fallback goes on instead.
+        * Its fallback log above the SYNC's parent is more up to date (Raft's order)
+          than the suffix the SYNC re-certifies, so it may hold provisional commits
+          the leader's STOP-DATAs did not show."""
+        if self.mode is Mode.FALLBACK and not self.reachable_quorum():
+            return "q replicas do not hear each other yet; the fallback goes on"
         # What this replica can prove (``report``): its log up to the last entry of an
         # elected term.  Trailing tentative entries are BFT votes, governed by BFT's own
         # rules, and nothing commits in a fallback without an elected term's entry.

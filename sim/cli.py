@@ -42,8 +42,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "compare",
         help="BFT-only versus BFT+fallback on the same seeds, side by side",
         description="Run each seed twice, BFT only and with the Raft fallback, and print "
-        "transfers committed (before the network heals and in all), p50/p99 commit "
-        "latency in ticks (submission to the first commit at any level) and whether "
+        "transfers committed (while a partition is on, before the last heal, in all), "
+        "p50/p99 commit latency in ticks (submission to the first commit at any level) and whether "
         "the final ledger state is the same.",
     )
     _common(compare, scenario_default="partial-partition")
@@ -203,7 +203,7 @@ def compare_runs(scenario: str, seeds: range, args: argparse.Namespace) -> dict[
     finals: dict[str, list[str]] = {}
     failed: list[str] = []
     for label, fallback in (("bft-only", False), ("bft+fallback", True)):
-        before = total = acknowledged = 0
+        before = total = acknowledged = partitioned = 0
         latencies: list[int] = []
         finals[label] = []
         for seed in seeds:
@@ -212,11 +212,13 @@ def compare_runs(scenario: str, seeds: range, args: argparse.Namespace) -> dict[
             if not result.ok:
                 failed.append(f"{label} seed {seed}: {result.failures[0]}")
             before += result.committed_by_heal
+            partitioned += result.committed_partitioned
             total += result.transfers_committed
             acknowledged += result.requests_acknowledged
             latencies += result.commit_latencies
             finals[label].append(result.final_state)
         modes[label] = {
+            "transfers_committed_while_partitioned": partitioned,
             "transfers_committed_before_heal": before,
             "transfers_committed": total,
             "requests_acknowledged": acknowledged,

@@ -106,6 +106,7 @@ class SimResult:
     rolled_back_amount: int = 0  # the largest, per replica and fallback epoch
     commit_latencies: list[int] = field(default_factory=list)  # ticks, per committed transfer
     committed_by_heal: int = 0  # transfers committed (any level) before the network healed
+    committed_partitioned: int = 0  # transfers first committed while a partition was on
     messages_sent: int = 0
     messages_dropped: int = 0
     evidence: int = 0
@@ -531,6 +532,11 @@ class Simulation:
                     if other not in (replica, leader):
                         self.network.block(f"r{replica}", f"r{other}")
                         self.network.block(f"r{other}", f"r{replica}")
+            case ("star", int() as hub):
+                for a in range(self.n):
+                    for b in range(self.n):
+                        if a != b and hub not in (a, b):
+                            self.network.block(f"r{a}", f"r{b}")
             case ("drop_kind", str() as kind, int() as replica):
                 self.network.drop_kind(kind, f"r{replica}")
             case ("crash_after_persist", int() as replica):
@@ -651,6 +657,8 @@ class Simulation:
             count += ok
             if request.key not in self.first_commit_at:
                 self.first_commit_at[request.key] = (self.now, ok)
+                if self.network.blocked:
+                    self.result.committed_partitioned += ok
         return amount, count
 
     def _check_verdicts(self, block: Block, results: tuple[tuple[int, int, bytes], ...]) -> None:

@@ -166,6 +166,7 @@ class BftReplica:
         # Why this replica must not follow a SYNC: its own fallback log is more up to date
         # than the suffix the SYNC re-certifies (the leader saw a stale STOP-DATA).
         self.fallback_conflict: Callable[[Sync], str | None] = lambda sync: None
+        self.sync_allowed: Callable[[], bool] = lambda: True  # a leader's SYNC may go now
         self.timers_paused = False  # in fallback: no regency change of its own accord
         self.id = config.replica_id
         self.n = config.replicas
@@ -258,6 +259,7 @@ class BftReplica:
         self._out = EffectsBuilder()
         self.ticks += 1
         self._check_timeouts()
+        self._maybe_sync()
         self._retransmit()
         self._maybe_propose()
         self._check_invariants()
@@ -320,6 +322,17 @@ class BftReplica:
         if self.ticks - self.last_resend < self.cfg.retransmit_ticks or not self.resend:
             return
         self.last_resend = self.ticks
+        # A STOP for a regency already installed, or STOP-DATA for one left behind or
+        # already synchronised, can help nobody: stop repeating it.
+        self.resend = [
+            s
+            for s in self.resend
+            if not (isinstance(s.message, Stop) and s.message.regency <= self.regency)
+            and not (
+                isinstance(s.message, StopData)
+                and (s.message.regency != self.regency or not self.in_sync)
+            )
+        ]
         self._out.send.extend(self.resend)
 
     def _send(self, to: int, message: PeerMessage) -> None:
@@ -979,6 +992,8 @@ class BftReplica:
         collected = self.stop_data.get(self.regency, {})
         if not self.in_sync or len(collected) < self.q or self.leader != self.id:
             return
+        if not self.sync_allowed():
+            return  # retried every tick
         chosen = [collected[s] for s in sorted(collected)][: self.q]
         height, proof = self._sync_choice(chosen)
         if height != self.height:

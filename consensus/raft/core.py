@@ -65,6 +65,9 @@ class RaftConfig:
     election_ticks_min: int = 30
     election_ticks_max: int = 60
     heartbeat_ticks: int = 6
+    # A leader appends at most one block per interval (unless the block is full): fewer,
+    # larger provisional blocks, each of which costs one BFT instance to re-certify.
+    append_interval_ticks: int = 10
     block_requests_max: int = 64
     block_events_max: int = 8189
     entries_per_append_max: int = 16
@@ -147,6 +150,8 @@ class RaftCore:
         self.match_height: dict[int, int] = {}
         self.election_deadline = 0
         self.last_heartbeat = 0
+        self.leader_contact = 0  # tick of the last append from the current leader
+        self.last_append = -config.append_interval_ticks  # as leader
         self.evidence: deque[str] = deque(maxlen=EVIDENCE_KEPT_MAX)
         self.evidence_count = 0
         self.waiting: Callable[[], Iterable[Request]] = lambda: ()
@@ -213,7 +218,7 @@ class RaftCore:
                     self._replicate_all()
                 self._maybe_propose()
             elif self.ticks >= self.election_deadline:
-                self._campaign()
+                self._pre_campaign()
         return self._out.build()
 
     def poke(self) -> Effects:
@@ -428,6 +433,34 @@ class RaftCore:
 
     # ================================================================ elections
 
+    def _vote_request(self, term: int, pre: bool) -> RequestVote:
+        return self._sign(
+            RequestVote(
+                sender=self.id,
+                term=term,
+                final_height=self.base,
+                last_height=self.last_height,
+                last_term=self.last_term,
+                chain=tuple(e.block.digest for e in self.log),
+                pre=pre,
+            )
+        )
+
+    def _pre_campaign(self) -> None:
+        """PreVote (etcd-io/raft, Raft thesis 9.6): ask first whether a majority would
+        vote, without raising the term.  A replica that reaches only some peers (the
+        partial partitions fallback exists for) then cannot keep deposing a leader
+        that everyone reaches, nor keep resetting its timer with requests."""
+        self._rebase()
+        self.role = "precandidate"
+        self.leader = None
+        self.votes = {self.id: Vote(sender=self.id, term=self.term + 1, candidate=self.id,
+                                    granted=True, pre=True)}  # fmt: skip
+        self._reset_election_timer()
+        self._send(None, self._vote_request(self.term + 1, pre=True))
+        if len(self.votes) >= self.majority:
+            self._campaign()
+
     def _campaign(self) -> None:
         self._rebase()
         self._set_term(self.term + 1, self.id)
@@ -435,16 +468,7 @@ class RaftCore:
         self.leader = None
         self.votes = {}
         self._reset_election_timer()
-        request = self._sign(
-            RequestVote(
-                sender=self.id,
-                term=self.term,
-                final_height=self.base,
-                last_height=self.last_height,
-                last_term=self.last_term,
-                chain=tuple(e.block.digest for e in self.log),
-            )
-        )
+        request = self._vote_request(self.term, pre=False)
         own = self._sign(Vote(sender=self.id, term=self.term, candidate=self.id, granted=True))
         self.votes[self.id] = own
         self._trace(f"campaign term {self.term} at h{self.last_height}")
@@ -452,7 +476,8 @@ class RaftCore:
         self._maybe_win()
 
     def _dispatch(self, message: FallbackMessage) -> None:
-        if message.term > self.term and not isinstance(message, Presence):
+        pre = isinstance(message, RequestVote | Vote) and message.pre
+        if message.term > self.term and not isinstance(message, Presence) and not pre:
             self._set_term(message.term, None)
             self.role = "follower"
             self.leader = None
@@ -484,6 +509,18 @@ class RaftCore:
         )
         if self.cfg.unsafe_vote_any:
             up_to_date = final_ok = proof_ok = True
+        if request.pre:
+            # Would vote: a later term, its log fits, and no live leader is heard from.
+            leader_alive = (
+                self.leader is not None
+                and self.ticks - self.leader_contact < self.cfg.election_ticks_min
+            )
+            granted = request.term > self.term and final_ok and up_to_date and proof_ok
+            granted = granted and not leader_alive
+            answer = Vote(sender=self.id, term=request.term, candidate=request.sender,
+                          granted=granted, pre=True)  # fmt: skip
+            self._send(request.sender, self._sign(answer))
+            return
         granted = (
             request.term == self.term
             and self.voted_for in (None, request.sender)
@@ -500,6 +537,15 @@ class RaftCore:
         self._send(request.sender, vote)
 
     def _on_vote(self, vote: Vote) -> None:
+        if vote.pre:
+            wanted = (self.role, self.term + 1, self.id, True)
+            if (vote.term, vote.candidate, vote.granted) == wanted[1:] and wanted[0] == (
+                "precandidate"
+            ):
+                self.votes[vote.sender] = vote
+                if len(self.votes) >= self.majority:
+                    self._campaign()
+            return
         if self.role != "candidate" or vote.term != self.term or vote.candidate != self.id:
             return
         if vote.granted:
@@ -551,6 +597,9 @@ class RaftCore:
             return False
         if self.last_height > self.commit_height and not force:
             return False  # one uncommitted block at a time: simple, the suffix stays short
+        full = len(requests) == self.cfg.block_requests_max
+        if not (force or full) and self.ticks - self.last_append < self.cfg.append_interval_ticks:
+            return False  # gather a bigger block: each one costs a BFT instance to re-certify
         self._take_state()
         tip = self._tip()
         first = max(self.sm.last_timestamp() + 1, self._now_ns())
@@ -559,6 +608,7 @@ class RaftCore:
         )
         block = Block(header=header, requests=tuple(requests), verdicts=execution.verdicts)
         self.results[block.digest] = execution.results
+        self.last_append = self.ticks
         self.last_election = self.election
         self._append(LogEntry(term=self.term, block=block))
         self._trace(f"append h{header.height} term {self.term} {len(requests)} requests")
@@ -598,6 +648,7 @@ class RaftCore:
             return
         self.role = "follower"
         self.leader = append.sender
+        self.leader_contact = self.ticks
         self._reset_election_timer()
         self._rebase()
         prev = append.prev_height
