@@ -224,8 +224,8 @@ class ModeController:
                 term = self.raft.term
                 self._bft(functools.partial(self.bft.unsafe_finalize, block, term))
 
-    def _own(self, effects: Effects) -> None:
-        self._raft(effects)
+    def _persist(self, record: ModeRecord) -> None:
+        self._raft(Effects(persist=(record,)))  # counted in the one sequence per disk
 
     def _trace(self, text: str) -> None:
         self._parts.append(Effects(trace=(f"r{self.id} mode {text}",)))
@@ -246,7 +246,7 @@ class ModeController:
             self.bft.timers_paused = True
             self.heard = {}
             self.peer_heard = {}
-            self._own(Effects(persist=(ModeRecord(mode="fallback", epoch=self.epoch),)))
+            self._persist(ModeRecord(mode="fallback", epoch=self.epoch))
             self._trace(
                 f"fallback epoch {self.epoch}: {event.value} at h{self.bft.decided_height} "
                 f"regency {self.bft.regency}"
@@ -264,7 +264,7 @@ class ModeController:
             self.bft.timers_paused = False
             self.last_progress = self.bft.ticks
             self.stops_at_progress = self.bft.stop_sent
-            self._own(Effects(persist=(ModeRecord(mode="bft", epoch=self.epoch),)))
+            self._persist(ModeRecord(mode="bft", epoch=self.epoch))
             self._trace(
                 f"bft again after epoch {self.epoch}: {event.value}, regency "
                 f"{self.bft.regency}, provisional up to h{self.raft.last_height}"
