@@ -159,11 +159,18 @@ def _parse_seeds(text: str) -> range:
     return range(int(first), int(last) + 1)
 
 
-def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
+def _seeds(args: argparse.Namespace, command: str) -> range | None:
+    """The --seeds range, or None after saying why it is not one."""
     try:
-        seeds = _parse_seeds(args.seeds)
+        return _parse_seeds(args.seeds)
     except ValueError as error:
-        sys.stderr.write(f"aegis sim fuzz: {error}\n")
+        sys.stderr.write(f"aegis sim {command}: {error}\n")
+        return None
+
+
+def _fuzz(args: argparse.Namespace, out: TextIO) -> int:
+    seeds = _seeds(args, "fuzz")
+    if seeds is None:
         return 2
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     total = len(seeds) * len(names)
@@ -236,10 +243,8 @@ def compare_runs(scenario: str, seeds: range, args: argparse.Namespace) -> dict[
 
 
 def _compare(args: argparse.Namespace, out: TextIO) -> int:
-    try:
-        seeds = _parse_seeds(args.seeds)
-    except ValueError as error:
-        sys.stderr.write(f"aegis sim compare: {error}\n")
+    seeds = _seeds(args, "compare")
+    if seeds is None:
         return 2
     report = compare_runs(args.scenario, seeds, args)
     if args.json:
