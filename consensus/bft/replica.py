@@ -161,7 +161,11 @@ class BftReplica:
         # Fallback hooks, set by the mode controller: this replica's provisional suffix
         # for STOP-DATA, and the blocks a re-certifying leader must re-propose.
         self.fallback_report: Callable[[], FallbackReport | None] = lambda: None
+        # The provisional suffix a SYNC of regency ``reproposal_regency`` re-certifies,
+        # by height: the leader re-proposes it block by block; followers take each
+        # block as proposed as soon as its parent is decided (see _follow_sync_suffix).
         self.reproposals: dict[int, Block] = {}
+        self.reproposal_regency = -1
         self.sync_suffix: FallbackReport | None = None  # what this leader's SYNC re-certifies
         # Why this replica must not follow a SYNC: its own fallback log is more up to date
         # than the suffix the SYNC re-certifies (the leader saw a stale STOP-DATA).
@@ -252,6 +256,7 @@ class BftReplica:
             case _:
                 assert_never(message)
         self._maybe_propose()
+        self._follow_sync_suffix()
         self._check_invariants()
         return self._out.build()
 
@@ -262,6 +267,7 @@ class BftReplica:
         self._maybe_sync()
         self._retransmit()
         self._maybe_propose()
+        self._follow_sync_suffix()
         self._check_invariants()
         return self._out.build()
 
@@ -471,6 +477,27 @@ class BftReplica:
         )
         self._trace(f"propose h{self.height} v{self.regency} {len(block.requests)} requests")
         self._broadcast(propose)
+        self._accept_proposal(self.regency, block)
+
+    def _follow_sync_suffix(self) -> None:
+        """A follower WRITEs the next block of the suffix its leader's SYNC re-certifies
+        without waiting for the PROPOSE: the signed SYNC already commits the leader to
+        those blocks, in order, so this is the PROPOSE received early (one message delay
+        saved per re-certified block).  A different PROPOSE later is equivocation, as
+        with any two PROPOSEs for one regency and height."""
+        if (
+            self.leader == self.id
+            or self.in_sync
+            or self.reproposal_regency != self.regency
+            or self.regency in self.proposals
+        ):
+            return
+        block = self.reproposals.get(self.height)
+        if block is None:
+            return
+        if block.header.parent_hash != self.last_header.digest or self._validate_block(block):
+            self.reproposals.clear()  # the certified chain left the suffix: as the leader does
+            return
         self._accept_proposal(self.regency, block)
 
     def _take_requests(self) -> list[Request]:
@@ -1063,6 +1090,7 @@ class BftReplica:
             if best is None or key > best[0]:
                 best = (key, report)
         self.reproposals = {}
+        self.reproposal_regency = self.regency
         self.sync_suffix = None
         if best is not None:
             self.sync_suffix = best[1]
@@ -1119,6 +1147,10 @@ class BftReplica:
         self.pending_sync = None
         self.resend = []
         self._trace(f"accept sync h{sync.height} v{sync.regency}")
+        self.reproposal_regency = sync.regency
+        self.reproposals = (
+            {e.block.header.height: e.block for e in sync.suffix.entries} if sync.suffix else {}
+        )
         self._accept_proposal(sync.regency, sync.block)
 
     def _sync_problem(self, sync: Sync) -> str | None:

@@ -9,6 +9,7 @@ fallback leader.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 
@@ -19,6 +20,7 @@ from consensus.messages import (
     Block,
     Finality,
     LogEntry,
+    Propose,
     RequestVote,
     Vote,
 )
@@ -243,3 +245,63 @@ def test_bft_progress_ends_fallback_and_recertifies_the_suffix() -> None:
         final = {node.bft.log[h].block.digest for h in node.bft.log}
         assert provisional <= final
         assert node.metrics.recertified_blocks == len(provisional)
+
+
+def _provisional_suffix(cluster: ScriptedCluster, blocks: int) -> list[Block]:
+    """``blocks`` fallback blocks committed while presence gossip is lost, so the
+    fallback does not see q replicas reachable and stays on."""
+    _elect(cluster, 0)
+    for client in range(blocks):
+        cluster.run(f"request client={client} transfers=2")
+        while len(_node(cluster, 1).raft.log) <= client:
+            cluster.run("tick")
+            cluster.run("drop type=Presence")
+            cluster.run("stabilize")
+    suffix = [e.block for e in _node(cluster, 1).raft.log]
+    assert len(suffix) == blocks
+    assert all(_node(cluster, r).bft.decided_height == 0 for r in range(4))
+    return suffix
+
+
+def _heal(cluster: ScriptedCluster, until: Callable[[], bool]) -> None:
+    """Presence flows again: the fallback hands back to BFT.  Every PROPOSE is lost."""
+    for _ in range(50):
+        if until():
+            return
+        cluster.run("tick")
+        while cluster.queue and not until():
+            source, target, message = cluster.queue.pop(0)
+            if not isinstance(message, Propose):
+                cluster._deliver_one(source, target, message)
+    raise AssertionError("the heal did not get there in 50 ticks")
+
+
+def test_followers_take_the_sync_suffix_as_proposed() -> None:
+    """The SYNC commits its leader to the whole suffix: with every PROPOSE lost,
+    re-certification still finishes, in the one regency, on every replica."""
+    cluster = _cluster()
+    suffix = _provisional_suffix(cluster, 3)
+    top = suffix[-1].header.height
+    _heal(cluster, lambda: all(_node(cluster, r).bft.decided_height == top for r in range(4)))
+    assert {_node(cluster, r).bft.regency for r in range(4)} == {1}, "one regency change only"
+    for replica in range(4):
+        bft = _node(cluster, replica).bft
+        assert [bft.log[h].block.digest for h in range(1, top + 1)] == [b.digest for b in suffix]
+        assert not bft.evidence
+
+
+def test_a_propose_other_than_the_sync_suffix_is_equivocation() -> None:
+    cluster = _cluster()
+    suffix = _provisional_suffix(cluster, 2)
+    _heal(cluster, lambda: _node(cluster, 2).bft.decided_height == 1)
+    follower = _node(cluster, 2).bft
+    assert follower.leader != follower.id
+    assert follower.proposals[follower.regency].digest == suffix[1].digest  # WROTE it
+    leader = _node(cluster, follower.leader).bft
+    forged = leader._build_block([])
+    assert forged is not None and forged.digest != suffix[1].digest
+    propose = Propose(
+        sender=leader.id, regency=follower.regency, height=follower.height, block=forged
+    )
+    follower.step(_signed(cluster, propose))  # type: ignore[arg-type]
+    assert f"equivocation at h{follower.height}" in follower.evidence[-1]
