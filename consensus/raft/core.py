@@ -190,7 +190,9 @@ class RaftCore:
             if proven and self.entry_at(height) == tentative:
                 self.proven[height] = tentative.block.digest
         self.role = "follower"
-        self._reset_election_timer()
+        # Nobody leads a fallback that just began: the first timeout need not outwait a
+        # heartbeat gap, only spread the candidates apart (PreVote absorbs near-ties).
+        self.election_deadline = self.ticks + self.rng.randint(1, self.cfg.election_ticks_min)
         self._trace(f"fallback on: term {self.term}, final h{self.base}, log {len(self.log)}")
         return self._out.build()
 
