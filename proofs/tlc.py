@@ -55,6 +55,12 @@ CATALOGUE: tuple[Model, ...] = (
           "n=4 f=1, the regency-1 leader Byzantine (a lying SYNC), 2 heights, regencies 0..1"),
     Model("bft_big", "BftCore", None, False,
           "n=4 f=1, the regency-1 leader Byzantine, 2 heights, regencies 0..2, 3 blocks"),
+    Model("quorums_n4", "Quorums", None, True,
+          "n=4 f=1: BFT quorums, majorities, and a quorum with a majority meet (honest)"),
+    Model("quorums_n7", "Quorums", None, True,
+          "n=7 f=2: BFT quorums meet in an honest replica; majorities meet"),
+    Model("quorums_n7_mixed", "Quorums", "BftQuorumMeetsMajorityInHonest", True,
+          "n=7 f=2: a BFT quorum and a fallback majority may share no honest replica"),
     Model("mutant_bft_quorum_f1", "BftCore", "Agreement", True,
           "quorum f+1 instead of 2f+1"),
     Model("mutant_bft_sync_free_choice", "BftCore", "Agreement", True,
@@ -164,7 +170,9 @@ def parse(model: str, output: str, seconds: float) -> Outcome:
         states_generated=number(r"([\d,]+) states generated"),
         depth=number(r"depth of the complete state graph search is (\d+)"),
         seconds=round(seconds, 1),
-        trace_states=len(re.findall(r"^State \d+: ", output, flags=re.MULTILINE)),
+        # A violation in an initial state prints that one state without a "State 1:".
+        trace_states=len(re.findall(r"^State \d+: ", output, flags=re.MULTILINE))
+        or int("is violated by the initial state" in output),
         output=output,
     )
 

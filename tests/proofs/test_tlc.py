@@ -26,12 +26,13 @@ def test_model_ends_as_catalogued(model: tlc.Model) -> None:
         f"{outcome.verdict}\n{outcome.output[-3000:]}"
     )
     if model.expect is None:
-        assert outcome.distinct_states and outcome.distinct_states > 1000, "a trivial model"
-    else:
+        assert outcome.distinct_states and outcome.distinct_states > 100, "a vacuous model"
+    elif model.name.startswith("mutant_"):
+        # A protocol violation needs steps; a false quorum fact shows in one state.
         assert outcome.trace_states >= 2, "a violation needs a trace from the initial state"
 
 
-MUTANTS = [m for m in tlc.CATALOGUE if m.expect is not None and m.ci]
+MUTANTS = [m for m in tlc.CATALOGUE if m.name.startswith("mutant_") and m.ci]
 
 
 @pytest.mark.parametrize("model", MUTANTS, ids=[m.name for m in MUTANTS])
