@@ -256,6 +256,7 @@ class ModeController:
             self.bft.resend = [
                 s for s in self.bft.resend if not isinstance(s.message, Propose | Write | Accept)
             ]
+            self.bft.forget_sync_suffix()
             floor = max(self.bft.stop_sent, self.bft.regency)
             tentative, proven = self._tentative_entry()
             self._raft(self.raft.activate(floor, tentative, proven))

@@ -166,6 +166,7 @@ class BftReplica:
         # block as proposed as soon as its parent is decided (see _follow_sync_suffix).
         self.reproposals: dict[int, Block] = {}
         self.reproposal_regency = -1
+        self.suffix_written: set[int] = set()  # regencies whose open-height WRITE came from it
         self.sync_suffix: FallbackReport | None = None  # what this leader's SYNC re-certifies
         # Why this replica must not follow a SYNC: its own fallback log is more up to date
         # than the suffix the SYNC re-certifies (the leader saw a stale STOP-DATA).
@@ -488,6 +489,7 @@ class BftReplica:
         if (
             self.leader == self.id
             or self.in_sync
+            or self.timers_paused  # in fallback: no BFT vote in the stalled regency
             or self.reproposal_regency != self.regency
             or self.regency in self.proposals
         ):
@@ -498,7 +500,15 @@ class BftReplica:
         if block.header.parent_hash != self.last_header.digest or self._validate_block(block):
             self.reproposals.clear()  # the certified chain left the suffix: as the leader does
             return
+        self.suffix_written.add(self.regency)
         self._accept_proposal(self.regency, block)
+
+    def forget_sync_suffix(self) -> None:
+        """A fallback epoch began: the suffix of the last SYNC is stale (the fallback log
+        may have moved on) and the next regency's SYNC re-certifies what is current."""
+        self.reproposals = {}
+        self.reproposal_regency = -1
+        self.sync_suffix = None
 
     def _take_requests(self) -> list[Request]:
         chosen: list[Request] = []
@@ -611,9 +621,16 @@ class BftReplica:
             return
         known = self.proposals.get(propose.regency)
         if known is not None:
-            if known.digest != propose.block.digest:
-                self._blame(propose.sender, f"equivocation at h{propose.height}")
-                self._start_regency_change(self.regency + 1)
+            if known.digest == propose.block.digest:
+                return
+            if propose.regency in self.suffix_written:
+                # Not provable equivocation: a leader restarted after its SYNC no longer
+                # knows the suffix it sent.  This replica WROTE the suffix block and will
+                # not WRITE another; if no quorum forms, the regency times out.
+                self._trace(f"PROPOSE h{propose.height} differs from the SYNC suffix written")
+                return
+            self._blame(propose.sender, f"equivocation at h{propose.height}")
+            self._start_regency_change(self.regency + 1)
             return
         problem = self._validate_block(propose.block)
         if problem is not None:
@@ -742,6 +759,7 @@ class BftReplica:
         self.last_header = header
         self.last_certificate = decided.certificate
         self.proposals.clear()
+        self.suffix_written.clear()
         self.writes.clear()
         self.accepts.clear()
         self.accepted_by.clear()
@@ -1361,6 +1379,7 @@ class BftReplica:
 
     def _reset_instance(self) -> None:
         self.proposals.clear()
+        self.suffix_written.clear()
         self.writes.clear()
         self.accepts.clear()
         self.accepted_by.clear()

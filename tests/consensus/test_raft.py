@@ -290,7 +290,10 @@ def test_followers_take_the_sync_suffix_as_proposed() -> None:
         assert not bft.evidence
 
 
-def test_a_propose_other_than_the_sync_suffix_is_equivocation() -> None:
+def test_a_propose_other_than_the_sync_suffix_is_refused_without_blame() -> None:
+    """The follower WROTE the suffix block and never WRITEs another in that regency.
+    It does not blame the leader: a leader restarted after its SYNC no longer knows
+    the suffix and may honestly propose something else."""
     cluster = _cluster()
     suffix = _provisional_suffix(cluster, 2)
     _heal(cluster, lambda: _node(cluster, 2).bft.decided_height == 1)
@@ -303,5 +306,24 @@ def test_a_propose_other_than_the_sync_suffix_is_equivocation() -> None:
     propose = Propose(
         sender=leader.id, regency=follower.regency, height=follower.height, block=forged
     )
-    follower.step(_signed(cluster, propose))  # type: ignore[arg-type]
-    assert f"equivocation at h{follower.height}" in follower.evidence[-1]
+    effects = follower.step(_signed(cluster, propose))  # type: ignore[arg-type]
+    assert not follower.evidence
+    assert follower.proposals[follower.regency].digest == suffix[1].digest
+    assert not [s for s in effects.send if type(s.message).__name__ == "Write"]
+    assert any("differs from the SYNC suffix" in line for line in effects.trace)
+
+
+def test_a_new_fallback_epoch_forgets_the_sync_suffix() -> None:
+    """A follower that falls back mid re-certification casts no BFT vote from the
+    old SYNC's suffix: the fallback log may move on, and the next regency's SYNC
+    re-certifies what is current."""
+    cluster = _cluster()
+    suffix = _provisional_suffix(cluster, 3)
+    _heal(cluster, lambda: _node(cluster, 2).bft.decided_height == 1)
+    node = _node(cluster, 2)
+    assert node.bft.reproposals  # mid re-certification
+    cluster._handle(2, node.fall_back_now())
+    assert node.mode is Mode.FALLBACK
+    assert not node.bft.reproposals and node.bft.reproposal_regency == -1
+    assert node.bft.timers_paused  # and _follow_sync_suffix stays out of fallback
+    assert suffix[1].digest in {e.block.digest for e in node.raft.log}  # kept as fallback log
