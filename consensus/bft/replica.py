@@ -484,8 +484,8 @@ class BftReplica:
         """A follower WRITEs the next block of the suffix its leader's SYNC re-certifies
         without waiting for the PROPOSE: the signed SYNC already commits the leader to
         those blocks, in order, so this is the PROPOSE received early (one message delay
-        saved per re-certified block).  A different PROPOSE later is equivocation, as
-        with any two PROPOSEs for one regency and height."""
+        saved per re-certified block).  A different PROPOSE later is refused, but not
+        blamed: a leader restarted after its SYNC honestly forgets the suffix."""
         if (
             self.leader == self.id
             or self.in_sync
