@@ -48,6 +48,12 @@ class Scenario:
 # transfer, and no transfer on ledger 1 may exceed 450 (client amounts are 1..500).
 _LIMITS = ((1, 1, 300), (1, 2, 300), (1, 3, 300), (2, 1, 450))
 
+
+def _isolate(tick: int, *replicas: int) -> tuple[tuple[int, Action], ...]:
+    """Schedule entries that isolate each of ``replicas`` at ``tick``."""
+    return tuple((tick, ("isolate", r)) for r in replicas)
+
+
 # Every replica but the leader (0 at the start) reaches only the leader.
 _STAR_CUT: tuple[tuple[int, Action], ...] = (
     (40, ("partial", 1)),
@@ -93,9 +99,7 @@ SCENARIOS: dict[str, Scenario] = {
             "q = 5), so BFT stalls while fallback commits; heal",
             replicas=7,
             schedule=(
-                (40, ("isolate", 4)),
-                (40, ("isolate", 5)),
-                (40, ("isolate", 6)),
+                *_isolate(40, 4, 5, 6),
                 (400, ("heal",)),
             ),
             workload_ticks=460,
@@ -245,13 +249,9 @@ SCENARIOS: dict[str, Scenario] = {
             "restarts, then the cluster splits 3/4 before healing (its log must survive)",
             replicas=7,
             schedule=(
-                (40, ("isolate", 4)),
-                (40, ("isolate", 5)),
-                (40, ("isolate", 6)),
+                *_isolate(40, 4, 5, 6),
                 (300, ("heal",)),
-                (420, ("isolate", 4)),
-                (420, ("isolate", 5)),
-                (420, ("isolate", 6)),
+                *_isolate(420, 4, 5, 6),
                 (750, ("crash", 1)),
                 (752, ("restart", 1)),
                 (755, ("heal",)),
