@@ -73,7 +73,8 @@ def body_hash(requests: tuple[Request, ...]) -> bytes:
 
 OP_TRANSFERS = 0  # create_transfers: the payload is canonical 128-byte transfer records
 OP_SET_LIMITS = 1  # replicated configuration: 128-byte amount-limit records (finality.gate)
-OPERATIONS = (OP_TRANSFERS, OP_SET_LIMITS)
+OP_CREATE_ACCOUNTS = 2  # create_accounts: the payload is canonical 128-byte account records
+OPERATIONS = (OP_TRANSFERS, OP_SET_LIMITS, OP_CREATE_ACCOUNTS)
 NO_VERDICTS_HASH = hashlib.sha256(b"").digest()
 
 
@@ -83,7 +84,7 @@ class Request:
 
     client_id: int
     request_number: int  # strictly increasing per client; replicas drop old numbers
-    transfers: bytes  # the records (transfers, or limits for OP_SET_LIMITS)
+    transfers: bytes  # 128-byte records: transfers, limits or accounts, as ``operation`` says
     signature: bytes = b""
     operation: int = OP_TRANSFERS
 

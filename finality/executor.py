@@ -20,7 +20,9 @@ state and the artifacts of the parent height; a DENY withholds it (and its
 linked chain) with ``DENIED_BY_POLICY``.  The block's non-ALLOW verdicts are
 part of the execution, so a leader whose verdicts differ is caught.  A
 ``set_limits`` request from an operator client changes the artifacts from the
-next block on; from anyone else each record gets ``NOT_AN_OPERATOR``.
+next block on; from anyone else each record gets ``NOT_AN_OPERATOR``.  A
+``create_accounts`` request is one ledger batch of accounts, stamped like a
+transfer batch; agents do not screen it and it counts against no exposure.
 
 Snapshot envelope (only when usage is not zero or limits are set;
 little-endian): magic ``AEGISXSN``, version u32 (2), reserved u32 (0),
@@ -35,7 +37,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 
-from consensus.messages import OP_SET_LIMITS, OP_TRANSFERS, Request
+from consensus.messages import OP_CREATE_ACCOUNTS, OP_SET_LIMITS, OP_TRANSFERS, Request
 from consensus.state_machine import Execution
 from finality.exposure import (
     DEFAULT_EXPOSURE,
@@ -57,7 +59,15 @@ from finality.gate import (
     decode_limits,
     encode_verdicts,
 )
-from ledger import DecodeError, Ledger, SnapshotError, Transfer, decode_transfers
+from ledger import (
+    Account,
+    DecodeError,
+    Ledger,
+    SnapshotError,
+    Transfer,
+    decode_accounts,
+    decode_transfers,
+)
 
 DECODED_REQUESTS_MAX = 4096
 
@@ -128,6 +138,8 @@ class LedgerExecutor:
         try:
             if request.operation == OP_SET_LIMITS:
                 decode_limits(request.transfers)
+            elif request.operation == OP_CREATE_ACCOUNTS:
+                decode_accounts(request.transfers)
             else:
                 _decode(request.transfers)
         except (DecodeError, LimitError) as error:
@@ -157,6 +169,8 @@ class LedgerExecutor:
         for request, verdicts in zip(requests, screened, strict=True):
             if request.operation == OP_SET_LIMITS:
                 codes = self._set_limits(request, changes)
+            elif request.operation == OP_CREATE_ACCOUNTS:
+                codes, cursor = self._create_accounts(decode_accounts(request.transfers), cursor)
             else:
                 codes, cursor = self._apply(
                     _decode(request.transfers), verdicts, cursor, provisional
@@ -186,6 +200,14 @@ class LedgerExecutor:
             return [int(FinalityResult.NOT_AN_OPERATOR)] * len(records)
         changes.extend(records)
         return [0] * len(records)
+
+    def _create_accounts(self, accounts: Sequence[Account], cursor: int) -> tuple[list[int], int]:
+        """Create one request's accounts (checked before ordering); (codes, next cursor)."""
+        assert accounts, "a request holds at least one record"
+        batch_timestamp = cursor + len(accounts) - 1
+        codes = [int(code) for code in self.ledger.create_accounts(accounts, batch_timestamp)]
+        assert len(codes) == len(accounts)
+        return codes, batch_timestamp + 1
 
     def _apply(
         self,
