@@ -29,7 +29,7 @@
 (* finds the violation the rule prevents; every real model sets them      *)
 (* FALSE.                                                                  *)
 (***************************************************************************)
-EXTENDS Integers, FiniteSets, Sequences
+EXTENDS Integers, FiniteSets, Sequences, TLC
 
 CONSTANTS
     N, Byz, F,
@@ -526,5 +526,8 @@ ProvisionalAgreement ==
 ProvisionalNeverRolledBack ==
     \A x \in pcommits, r \in Honest : decided[r] # NoBlock => x[2][1] = decided[r]
 S2 == ProvisionalAgreement /\ ProvisionalNeverRolledBack
+
+\* The blocks are interchangeable (every CHOOSE over Values has one candidate).
+ValueSymmetry == Permutations(Values)
 
 =============================================================================

@@ -37,7 +37,8 @@ class ToolError(RuntimeError):
 class Model:
     name: str  # the .cfg in proofs/models/ without its suffix
     spec: str  # the module it checks, in proofs/
-    expect: str | None  # None: no error; else the invariant TLC must report violated
+    expect: str | None  # None: no error; else the invariant TLC must report violated,
+    # or "temporal" for the model's PROPERTY (TLC does not name it)
     ci: bool  # small enough for every CI run; the rest need --big
     about: str
 
@@ -67,6 +68,13 @@ CATALOGUE: tuple[Model, ...] = (
           "the SYNC leader ignores the write proofs in STOP-DATA"),
     Model("mutant_bft_no_validation", "BftCore", "Validity", True,
           "honest replicas WRITE blocks they did not validate"),
+    Model("live_bft", "BftLive", None, True,
+          "L1: after GST every honest replica decides; n=4 f=1, regency-1 leader Byzantine, "
+          "regencies 0..2, one valid block"),
+    Model("live_bft_big", "BftLive", None, False,
+          "L1 as live_bft with two valid blocks"),
+    Model("mutant_live_no_join", "BftLive", "temporal", True,
+          "L1 without joining a higher regency after GST: some replica never decides"),
 )  # fmt: skip
 
 
@@ -155,6 +163,9 @@ def parse(model: str, output: str, seconds: float) -> Outcome:
     violated = re.search(r"Invariant (\w+) is violated", output)
     if violated:
         verdict = f"violated:{violated.group(1)}"
+    elif "Temporal properties were violated" in output:
+        # TLC does not name the property; a model checks at most one (its PROPERTY).
+        verdict = "violated:temporal"
     elif "Deadlock reached" in output:
         verdict = "deadlock"
     elif "Parsing or semantic analysis failed" in output or "Semantic errors" in output:
