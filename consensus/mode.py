@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from consensus.bft.replica import BftReplica
+from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, StateOwner
+from consensus.crypto import Signer, Verifier
 from consensus.effects import Effects, ModeRecord, PersistRecord, Send
 from consensus.encoding import canonical
 from consensus.messages import (
@@ -47,7 +48,8 @@ from consensus.messages import (
     Write,
 )
 from consensus.quorum import quorum
-from consensus.raft.core import RaftCore
+from consensus.raft.core import Anchor, RaftConfig, RaftCore, RandomSource
+from consensus.state_machine import StateMachine
 
 
 class Mode(Enum):
@@ -442,3 +444,32 @@ class ModeController:
     @property
     def evidence_count(self) -> int:
         return self.bft.evidence_count + self.raft.evidence_count
+
+
+def assemble(
+    config: ReplicaConfig,
+    raft_config: RaftConfig,
+    mode_config: ModeConfig,
+    signer: Signer,
+    verifier: Verifier,
+    client_verifier: Verifier,
+    state_machine: StateMachine,
+    genesis: Genesis,
+    rng: RandomSource,
+    records: Sequence[PersistRecord] = (),
+    ticks: int = 0,
+) -> ModeController:
+    """One replica's cores wired together, the same way for the simulator and the node:
+    the BFT core and the fallback core share the state machine, and the fallback core's
+    anchor is the BFT core's FINAL state."""
+    owner = StateOwner()
+    bft = BftReplica(
+        config, signer, verifier, client_verifier, state_machine, genesis, records,
+        ticks=ticks, owner=owner,
+    )  # fmt: skip
+    anchor = Anchor(lambda: bft.last_header, bft.restore_final_state, owner)
+    raft = RaftCore(
+        raft_config, signer, verifier, client_verifier, state_machine, anchor, rng, records,
+        ticks=ticks,
+    )  # fmt: skip
+    return ModeController(bft, raft, mode_config, records)

@@ -34,12 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, StateOwner, genesis_header
+from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, genesis_header
 from consensus.crypto import Ed25519Verifier
 from consensus.effects import Effects, PersistRecord
 from consensus.messages import DecidedBlock, Finality, Persisted, Reply, Request
-from consensus.mode import ModeConfig, ModeController
-from consensus.raft.core import Anchor, RaftConfig, RaftCore
+from consensus.mode import ModeConfig, ModeController, assemble
+from consensus.raft.core import RaftConfig
 from consensus.wire import encode
 from finality.executor import LedgerExecutor
 from ledger import Ledger
@@ -85,8 +85,7 @@ def build_core(
     verifier = Ed25519Verifier({p.id: p.public_key for p in config.replicas}, cache_max=1 << 14)
     client_verifier = Ed25519Verifier({c.id: c.public_key for c in config.clients})
     executor = new_executor(config, genesis)
-    owner = StateOwner()
-    bft = BftReplica(
+    return assemble(
         ReplicaConfig(
             replica_id=config.replica_id,
             replicas=config.n,
@@ -96,33 +95,22 @@ def build_core(
             request_timeout_ticks=tuning.request_timeout_ticks,
             regency_timeout_ticks=tuning.regency_timeout_ticks,
         ),
-        signer,
-        verifier,
-        client_verifier,
-        executor,
-        genesis,
-        records,
-        ticks=ticks,
-        owner=owner,
-    )
-    raft = RaftCore(
         RaftConfig(
             replica_id=config.replica_id,
             replicas=config.n,
             genesis_ns=config.genesis_ns,
             tick_ns=tick_ns,
         ),
+        ModeConfig(enabled=tuning.fallback, fallback_after_ticks=tuning.fallback_after_ticks),
         signer,
         verifier,
         client_verifier,
         executor,
-        Anchor(lambda: bft.last_header, bft.restore_final_state, owner),
+        genesis,
         rng,
         records,
         ticks=ticks,
     )
-    mode = ModeConfig(enabled=tuning.fallback, fallback_after_ticks=tuning.fallback_after_ticks)
-    return ModeController(bft, raft, mode, records)
 
 
 class ReadModel:

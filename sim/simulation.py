@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from consensus import certificate as certificates
-from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, StateOwner, genesis_header
+from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, genesis_header
 from consensus.crypto import Ed25519Signer, Ed25519Verifier
 from consensus.effects import Effects, PersistRecord
 from consensus.encoding import canonical
@@ -33,9 +33,9 @@ from consensus.messages import (
     Request,
     digest_of,
 )
-from consensus.mode import Mode, ModeConfig, ModeController
+from consensus.mode import Mode, ModeConfig, ModeController, assemble
 from consensus.quorum import faults_tolerated, leader_of
-from consensus.raft.core import Anchor, RaftConfig, RaftCore
+from consensus.raft.core import RaftConfig
 from finality import ExposureLimit, FinalityResult
 from finality.executor import LedgerExecutor
 from finality.gate import LIMIT_ACCOUNT, AgentGate, decode_limits, encode_limits
@@ -363,43 +363,27 @@ class Simulation:
         )
         executor = self.executor_factory(Ledger.restore(self.genesis.snapshot))
         self._configure(executor)
-        owner = StateOwner()
-        core = BftReplica(
+        node = assemble(
             config,
-            self.replica_signers[replica],
-            self.replica_verifier,
-            self.client_verifier,
-            executor,
-            self.genesis,
-            self.disks[replica],
-            ticks=self.now,  # a restarted process reads the clock afresh
-            owner=owner,
-        )
-        raft = RaftCore(
             RaftConfig(
                 replica_id=replica,
                 replicas=self.n,
                 genesis_ns=GENESIS_NS,
                 unsafe_vote_any=self.config.unsafe_vote_any,
             ),
-            self.replica_signers[replica],
-            self.replica_verifier,
-            self.client_verifier,
-            executor,
-            Anchor(lambda: core.last_header, core.restore_final_state, owner),
-            random.Random(self.rng.getrandbits(64)),
-            self.disks[replica],
-            ticks=self.now,
-        )
-        node = ModeController(
-            core,
-            raft,
             ModeConfig(
                 enabled=self.config.fallback,
                 unsafe_final_on_majority=self.config.unsafe_final_on_majority,
                 unsafe_never_heal=self.config.unsafe_never_heal,
             ),
+            self.replica_signers[replica],
+            self.replica_verifier,
+            self.client_verifier,
+            executor,
+            self.genesis,
+            random.Random(self.rng.getrandbits(64)),
             self.disks[replica],
+            ticks=self.now,  # a restarted process reads the clock afresh
         )
         behaviour = self.byzantine.get(replica)
         self.replicas[replica] = ByzantineReplica(node, behaviour, self.rng) if behaviour else node
