@@ -14,7 +14,8 @@ Guarantees:
   answer or f + 1 PROVISIONAL ones for one block with the same codes (one of
   them comes from an honest replica; DESIGN 3.4).  For FINAL, when a replica is
   unreachable, busy or too slow the same request (same number) goes to the next
-  one, so a retry can never create anything twice.
+  one, so a retry can never create anything twice.  ``await_final`` waits for a
+  PROVISIONAL answer's request to become FINAL the same way.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Answer:
     certificate: Certificate | None  # its commit certificate when FINAL
     replica: int  # who answered (for PROVISIONAL: one of the f + 1 that agreed)
     request_number: int
+    request: Request = dataclasses.field(repr=False)  # the signed request, for await_final
 
     @property
     def height(self) -> int:
@@ -167,6 +169,23 @@ class Client:
             replica, answer = self._call_any(LEDGER_SERVICE, method, body)
             return self._checked(request, level, replica, answer)
 
+    def await_final(self, answer: Answer) -> Answer:
+        """The FINAL answer for the request behind ``answer`` (a PROVISIONAL one): the
+        same signed request, same number, sent again waiting for FINAL, so nothing can
+        be created twice.  A replica that has not decided it yet waits for it (at most
+        its ``client_wait_ms_max``; then the next replica is asked); one that has decided
+        it answers from its reply cache, which keeps each client's latest request only:
+        call this before this client's next create call is decided (or from the start,
+        in a thread, beside that call), else the replica refuses with
+        FAILED_PRECONDITION.  Safe to call from another thread than the create calls."""
+        if answer.level >= Finality.FINAL:
+            return answer
+        request = answer.request
+        method = "CreateAccounts" if request.operation == OP_CREATE_ACCOUNTS else "CreateTransfers"
+        body = bytes((Finality.FINAL,)) + encode(request)
+        replica, data = self._call_any(LEDGER_SERVICE, method, body)
+        return self._checked(request, Finality.FINAL, replica, data)
+
     def _provisional(self, request: Request, method: str, body: bytes) -> Answer:
         """Ask every replica; a FINAL answer, or f + 1 matching PROVISIONAL ones."""
         count = len(self.channels)
@@ -233,6 +252,7 @@ class Client:
                     certificate=reply.certificate,
                     replica=replica,
                     request_number=request.request_number,
+                    request=request,
                 )
         raise ClientError(f"replica {replica}: the answer holds no result for {request.key}")
 
