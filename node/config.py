@@ -78,6 +78,12 @@ class Tuning:
     frame_messages_max: int = 1024
     frame_bytes_max: int = 4 * 1024 * 1024  # soft: one larger message still travels alone
     client_wait_ms_max: int = 30_000  # a CreateTransfers call waits at most this long
+    wal_snapshot_checkpoints: int = 1  # a WAL snapshot every this many stable checkpoints
+    # A log damaged before its tail (acknowledged records unreadable or missing with later
+    # ones after them) is cut back to its longest valid prefix, the rest set aside, and the
+    # replica starts fenced (node.driver.Fence); false: it refuses to start instead.  A
+    # damaged tail is always truncated (and fenced unless it is a mere cut).
+    wal_repair: bool = True
 
 
 _TUNING_KEYS: Final = frozenset(Tuning.__dataclass_fields__)

@@ -11,8 +11,20 @@ Guarantees:
   (``writev`` + ``fdatasync``); only then are that round's messages handed to the
   transport and its replies to waiting clients, and ``Persisted(upto=...)`` is
   stepped back in (its own effects go through the same gate).
-* Recovery: on start the WAL's records are handed to the cores, which rebuild
-  from them; a corrupt log (``WalCorruption``) stops the start with the report.
+* Snapshots: whenever the core's stable checkpoint has advanced by
+  ``wal_snapshot_checkpoints`` checkpoints (or ``SNAPSHOT_RECORDS_MAX`` records
+  piled up and compaction at least halves them) the driver stores a WAL snapshot
+  whose state is ``compact_records`` of everything persisted so far, in the
+  WAL's own record encoding; the WAL then deletes the segments its kept
+  snapshots cover, so the disk holds O(two checkpoints) of log.
+* Recovery: the cores are rebuilt from the newest valid snapshot's records plus
+  the records after it, exactly as from the whole log (``compact_records`` says
+  why); ``Persisted(upto=...)`` counts in the core's numbering, offset from the
+  WAL's by ``seq_base``.
+* Amnesia: when the WAL reports that acknowledged records may be lost (a damaged
+  tail, a repaired log: ``Amnesia``) the replica starts *fenced* and stays fenced,
+  across restarts too, until it has caught up past every promise it may have
+  forgotten (``Fence`` says why that is safe and when it is lifted).
 * Time: ticks follow the monotonic clock from a start value read off the wall
   clock relative to the cluster's ``genesis_ns`` (so replicas stamp blocks with
   comparable times); at most ``TICKS_PER_ROUND_MAX`` ticks are run per round, so a
@@ -29,30 +41,253 @@ import contextlib
 import logging
 import os
 import random
+import struct
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, assert_never
 
 from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, genesis_header
 from consensus.crypto import Ed25519Verifier
-from consensus.effects import Effects, PersistRecord
-from consensus.messages import DecidedBlock, Finality, Persisted, Reply, Request
+from consensus.effects import (
+    CheckpointRecord,
+    DecidedRecord,
+    Effects,
+    EntryRecord,
+    ModeRecord,
+    PersistRecord,
+    ProofRecord,
+    RegencyRecord,
+    TermRecord,
+    VoteRecord,
+)
+from consensus.messages import (
+    Blocks,
+    CheckpointVote,
+    DecidedBlock,
+    FetchBlocks,
+    Finality,
+    Persisted,
+    RegencyProof,
+    Reply,
+    Request,
+)
 from consensus.mode import ModeConfig, ModeController, assemble
 from consensus.raft.core import RaftConfig
-from consensus.wire import encode
+from consensus.wire import decode_one_of, encode
 from finality.executor import LedgerExecutor
 from ledger import Ledger
 from node.config import NodeConfig
 from node.transport import Inbound, Transport
-from node.wal import WAL_BATCH_RECORDS_MAX, WriteAheadLog
+from node.wal import (
+    PERSIST_RECORD_TYPES,
+    WAL_BATCH_RECORDS_MAX,
+    WAL_RECORD_BYTES_MAX,
+    Amnesia,
+    WriteAheadLog,
+)
 
 TICKS_PER_ROUND_MAX: Final = 50
 INPUTS_PER_ROUND_MAX: Final = 64  # frames or client requests stepped before one WAL batch
 WAITERS_MAX: Final = 16_384  # client calls waiting for an answer, all clients together
 WATCHERS_MAX: Final = 64  # WatchCommits streams
 WATCH_BLOCKS_MAX: Final = 256  # decided blocks queued for one watcher before it is dropped
+SNAPSHOT_RECORDS_MAX: Final = 65_536  # records since the last snapshot that call for one
+REPLAY_RECORDS_MAX: Final = 1 << 20  # records in one snapshot's state
 log = logging.getLogger("aegis.driver")
+
+
+# ------------------------------------------------------------------ compaction
+
+
+def compact_records(records: Sequence[PersistRecord]) -> list[PersistRecord]:
+    """The records a replay must still see to rebuild the cores as ``records`` do.
+
+    ``assemble(..., compacted + tail)`` builds the same cores as
+    ``assemble(..., records + tail)`` for every ``tail``, apart from the
+    persist counter (the driver offsets it, ``seq_base``) and from BFT vote
+    entries at or below the decided height, which nothing reads (every lookup
+    of ``BftReplica.votes`` is at ``decided_height + 1``).  Each core folds
+    its records one type at a time, independently of the others, so the rule is
+    per type.  Let ``base`` be the height of the highest checkpoint and
+    ``final`` the decided height the replay reaches (``base``, then every
+    consecutive decided record above it).  A replay with any tail reaches a
+    final height >= ``final``: the highest checkpoint only grows, and the decided
+    records above ``base`` are all kept.
+
+    * CheckpointRecord: only the first of the highest (``BftReplica._recover``
+      keeps the first of the highest; a later one must be strictly higher).
+    * DecidedRecord: the last one per height above ``base`` (the replay keeps
+      the last per height and never applies one at or below the checkpoint it
+      installs, whose height is >= ``base``).
+    * RegencyRecord: the last of those with the highest regency (the replay
+      takes regency, stop_sent and install proof from exactly that one; any
+      later record overrides or loses to it the same way with or without the
+      dropped ones, which are all lower).
+    * VoteRecord, ProofRecord: every one above ``final``, in order (those at or
+      below are pruned by the replay of a decided block, or never looked up;
+      the best proof is taken at the final height + 1 > ``final``; order decides
+      ties, so it is kept).
+    * TermRecord: the last one (the replay takes the last term and vote).
+    * EntryRecord: the fallback log the replay folds them into (an entry at a
+      height voids every entry at or above it), one record per height in
+      ascending order, above ``final`` only: re-folding them gives the same
+      map, and the fallback log is read only above the BFT-final height.
+    * ModeRecord: the first with the highest epoch, then the last (the
+      controller takes the highest epoch and the last mode).
+
+    Idempotent, and its size is bounded by the live state: one checkpoint, the
+    decided blocks above it, the open instance's votes and proofs, one term,
+    the fallback log."""
+    checkpoint: CheckpointRecord | None = None
+    regency: RegencyRecord | None = None
+    term: TermRecord | None = None
+    mode_highest: ModeRecord | None = None
+    mode_last: ModeRecord | None = None
+    decided: dict[int, DecidedRecord] = {}
+    entries: dict[int, EntryRecord] = {}
+    for record in records:
+        match record:
+            case CheckpointRecord(checkpoint=stable):
+                if checkpoint is None or stable.height > checkpoint.checkpoint.height:
+                    checkpoint = record
+            case DecidedRecord(decided=block):
+                decided[block.block.header.height] = record
+            case RegencyRecord():
+                if regency is None or record.regency >= regency.regency:
+                    regency = record
+            case TermRecord():
+                term = record
+            case EntryRecord(height=height):
+                for stale in [h for h in entries if h >= height]:
+                    del entries[stale]
+                entries[height] = record
+            case ModeRecord():
+                if mode_highest is None or record.epoch > mode_highest.epoch:
+                    mode_highest = record
+                mode_last = record
+            case VoteRecord() | ProofRecord():
+                pass  # kept below, once the final height is known
+            case _:
+                assert_never(record)
+    base = checkpoint.checkpoint.height if checkpoint is not None else 0
+    final = base
+    while final + 1 in decided:
+        final += 1
+    kept: list[PersistRecord] = [] if checkpoint is None else [checkpoint]
+    kept += [decided[h] for h in sorted(decided) if h > base]
+    kept += [] if regency is None else [regency]
+    kept += [
+        r
+        for r in records
+        if (isinstance(r, VoteRecord) and r.height > final)
+        or (isinstance(r, ProofRecord) and r.proof.height > final)
+    ]
+    kept += [] if term is None else [term]
+    kept += [entries[h] for h in sorted(entries) if h > final]
+    if mode_highest is not None and mode_highest is not mode_last:
+        kept.append(mode_highest)
+    kept += [] if mode_last is None else [mode_last]
+    assert len(kept) <= len(records)
+    return kept
+
+
+_REPLAY_HEAD = struct.Struct(">8sI")  # magic, record count
+_REPLAY_MAGIC = b"AEGRPL01"
+_LENGTH = struct.Struct(">I")
+
+
+def encode_replay_state(records: Sequence[PersistRecord]) -> bytes:
+    """A snapshot's state: the records, each as the WAL stores it (``consensus.wire``)."""
+    assert len(records) <= REPLAY_RECORDS_MAX
+    parts = [_REPLAY_HEAD.pack(_REPLAY_MAGIC, len(records))]
+    for record in records:
+        payload = encode(record)
+        assert len(payload) <= WAL_RECORD_BYTES_MAX  # it came out of the WAL
+        parts += [_LENGTH.pack(len(payload)), payload]
+    return b"".join(parts)
+
+
+def decode_replay_state(state: bytes) -> list[PersistRecord]:
+    """The records of ``encode_replay_state``; ``ValueError`` says what is wrong."""
+    if len(state) < _REPLAY_HEAD.size:
+        raise ValueError(f"{len(state)} bytes, shorter than the header")
+    magic, count = _REPLAY_HEAD.unpack_from(state)
+    if magic != _REPLAY_MAGIC or count > REPLAY_RECORDS_MAX:
+        raise ValueError("not a replay state (bad magic or record count)")
+    records: list[PersistRecord] = []
+    offset = _REPLAY_HEAD.size
+    for index in range(count):
+        if len(state) - offset < _LENGTH.size:
+            raise ValueError(f"ends before record {index} of {count}")
+        (length,) = _LENGTH.unpack_from(state, offset)
+        offset += _LENGTH.size
+        if length > min(WAL_RECORD_BYTES_MAX, len(state) - offset):
+            raise ValueError(f"record {index} of {count}: length {length} out of bounds")
+        payload = state[offset : offset + length]
+        records.append(typing.cast(PersistRecord, decode_one_of(payload, PERSIST_RECORD_TYPES)))
+        offset += length
+    if offset != len(state):
+        raise ValueError(f"{len(state) - offset} bytes after the last record")
+    return records
+
+
+def replay_state_problem(state: bytes) -> str | None:
+    """Why a snapshot's state cannot be used (the WAL then falls back to an older one)."""
+    try:
+        decode_replay_state(state)
+    except ValueError as error:  # WireError is one
+        return str(error)
+    return None
+
+
+# ------------------------------------------------------------------ the fence
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A replica that may have forgotten promises it made stays silent until they are
+    void.  Lifted once the decided tip is stamped after ``until_ns``.
+
+    What may be forgotten is whatever the lost records held: WRITE/ACCEPT votes,
+    write proofs, regencies installed, fallback terms, votes and entries.  While
+    fenced the driver steps into the core only what teaches it certified facts or
+    asks nothing of its word (``FENCED_INPUTS``: decided blocks and checkpoints,
+    regency proofs, checkpoint votes, client requests, peers' catch-up requests) and
+    lets out only catch-up traffic (``FENCED_OUTPUTS``) and FINAL replies.  The core
+    casts no vote a peer sees, and it cannot complete a quorum with a vote of its own
+    either: no peer's PROPOSE, WRITE, ACCEPT, SYNC or STOP reaches it, so every
+    decision it makes comes from a certificate.
+
+    Why the tip's stamp: every height a lost vote can concern is at most the
+    replica's decided height before the loss + 1 (it votes only at the open height).
+    A block decided at or below that height was stamped before the loss: an honest
+    replica validated it before then, and validation refuses stamps more than
+    ``timestamp_skew_max_ns`` ahead of its own clock.  With honest clocks within
+    ``timestamp_skew_max_ns`` of each other, a certified block stamped more than twice
+    that after the loss was found is therefore above every such height, and once it
+    is decided here every forgotten vote is at or below the decided height, where the
+    core never votes again.  A forgotten write proof is void the same way (proofs
+    matter only at the open height), so is a forgotten fallback entry (one at or
+    below the height is final; one above it, stamped before the tip, cannot extend
+    the final chain), and so is a forgotten regency: the STOP-DATA it sent reported
+    heights at or below it, and above it the core takes part as a newcomer would.
+    On lifting, the messages the core queued for retransmission while fenced are
+    dropped unsent: a STOP-DATA written then may omit a forgotten proof.
+
+    What stays exposed: a forgotten fallback vote could be granted again in the same
+    term if a later fallback runs in a term no higher than it; that can cost a
+    PROVISIONAL block (never a FINAL one), as a Byzantine voter could, within the
+    exposure limit (S3).  Liveness: the fenced replica counts as one of the f
+    faulty ones until the cluster decides such a block."""
+
+    until_ns: int
+    reason: str
+
+
+FENCED_INPUTS: Final = (Blocks, FetchBlocks, CheckpointVote, RegencyProof, Request)
+FENCED_OUTPUTS: Final = (FetchBlocks, Blocks)
 
 
 class Overloaded(RuntimeError):
@@ -185,13 +420,25 @@ class DriverStats:
     blocks_decided: int = 0
     blocks_provisional: int = 0
     ticks_behind_max: int = 0
+    wal_snapshots: int = 0
+    snapshot_records: int = 0  # in the last snapshot's state
+    snapshot_bytes: int = 0  # the last snapshot's state
+    fenced_inputs_dropped: int = 0
+    fenced_outputs_dropped: int = 0
 
 
 class Driver:
-    """Owns the core, the WAL and the read model; ``run`` is the replica's main loop."""
+    """Owns the core, the WAL and the read model; ``run`` is the replica's main loop.
+
+    ``records`` rebuild the core: a snapshot's records, then those after it.
+    ``amnesia``: the WAL may have lost acknowledged records; start fenced."""
 
     def __init__(
-        self, config: NodeConfig, wal: WriteAheadLog, records: Sequence[PersistRecord]
+        self,
+        config: NodeConfig,
+        wal: WriteAheadLog,
+        records: Sequence[PersistRecord],
+        amnesia: Amnesia | None = None,
     ) -> None:
         self.config = config
         self.wal = wal
@@ -201,8 +448,26 @@ class Driver:
         self._monotonic_origin = time.monotonic_ns()
         rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.core = build_core(config, records, start_ticks, rng)
-        self.seq_base = wal.last_seq - len(records)  # records before the ones recovered
-        assert self.seq_base == 0, "WAL snapshots are not taken, so replay starts at 1"
+        # The core counts the records it was built from, a snapshot's compacted ones
+        # included; the WAL counts every record ever appended.
+        self.seq_base = wal.last_seq - self.core.bft.persist_seq
+        assert self.seq_base >= 0, (wal.last_seq, self.core.bft.persist_seq)
+        self._replay = list(records)  # what a replay needs to rebuild the core as it is now
+        self._records_since_snapshot = len(records)
+        self._snapshot_height = self.core.bft.base_height
+        self.fence: Fence | None = None
+        if amnesia is not None:
+            skew_ns = self.core.bft.cfg.timestamp_skew_max_ns
+            self.fence = Fence(until_ns=amnesia.detected_ns + 2 * skew_ns, reason=amnesia.reason)
+            log.warning(
+                "replica %d fenced: acknowledged records may be lost (%s); it casts no vote "
+                "until it has decided a block stamped after %d ns (now %d ns), caught up "
+                "from its peers",
+                config.replica_id,
+                amnesia.reason,
+                self.fence.until_ns,
+                time.time_ns(),
+            )
         self.read_model = ReadModel(config, self.core.bft)
         self.inbound: asyncio.Queue[Inbound] = asyncio.Queue(
             maxsize=config.tuning.inbound_frames_max
@@ -279,6 +544,8 @@ class Driver:
             for _ in range(min(due, TICKS_PER_ROUND_MAX)):
                 parts.append(self.core.tick())
             await self._execute(parts)
+            await self._maybe_lift_fence()
+            await self._maybe_snapshot()
             self.stats.rounds += 1
 
     def _step(self, item: Inbound) -> list[Effects]:
@@ -287,8 +554,12 @@ class Driver:
             assert self.transport is not None
             self.transport.send(None, encode(item))  # every replica learns of it
             return [self.core.step(item)]
-        self.stats.messages_stepped += len(item.messages)
-        return [self.core.step(message) for message in item.messages]
+        messages = item.messages
+        if self.fence is not None:
+            messages = tuple(m for m in messages if isinstance(m, FENCED_INPUTS))
+            self.stats.fenced_inputs_dropped += len(item.messages) - len(messages)
+        self.stats.messages_stepped += len(messages)
+        return [self.core.step(message) for message in messages]
 
     async def _execute(self, parts: list[Effects]) -> None:
         """Persist, then release: the Effects contract for one round."""
@@ -309,16 +580,73 @@ class Driver:
         """Append in WAL-sized batches (each atomic; together they need not be)."""
         last = self.wal.last_seq
         for start in range(0, len(records), WAL_BATCH_RECORDS_MAX):
-            last = self.wal.append(records[start : start + WAL_BATCH_RECORDS_MAX])
+            batch = records[start : start + WAL_BATCH_RECORDS_MAX]
+            last = self.wal.append(batch)
+            self._replay += batch
+            self._records_since_snapshot += len(batch)
             self.stats.wal_batches += 1
         self.stats.wal_records += len(records)
         return last
 
+    # ---------------------------------------------------------------- snapshots
+
+    async def _maybe_snapshot(self) -> None:
+        """A WAL snapshot when the stable checkpoint moved on far enough, or when records
+        pile up without one and compaction pays (fallback, a stalled checkpoint)."""
+        bft = self.core.bft
+        every = self.config.tuning.wal_snapshot_checkpoints * bft.cfg.checkpoint_interval
+        if bft.base_height - self._snapshot_height >= every:
+            self._snapshot_height = bft.base_height
+            await asyncio.to_thread(self._snapshot, 0)
+        elif self._records_since_snapshot >= SNAPSHOT_RECORDS_MAX:
+            await asyncio.to_thread(self._snapshot, len(self._replay) // 2)
+
+    def _snapshot(self, worth_records_max: int) -> None:
+        """Store the compacted records as a snapshot covering everything appended so far
+        (``worth_records_max``: only if they come to at most that many; 0: always)."""
+        compacted = compact_records(self._replay)
+        self._records_since_snapshot = 0
+        if worth_records_max and len(compacted) > worth_records_max:
+            return  # nothing to gain: the records are live state
+        state = encode_replay_state(compacted)
+        seq = self.wal.snapshot(state)
+        assert seq == self.wal.last_seq
+        self._replay = compacted
+        self.stats.wal_snapshots += 1
+        self.stats.snapshot_records = len(compacted)
+        self.stats.snapshot_bytes = len(state)
+        log.debug("replica %d: WAL snapshot at record %d, %d records, %d bytes",
+                  self.config.replica_id, seq, len(compacted), len(state))  # fmt: skip
+
+    # ---------------------------------------------------------------- the fence
+
+    async def _maybe_lift_fence(self) -> None:
+        fence = self.fence
+        tip = self.core.bft.last_header
+        if fence is None or tip.timestamp <= fence.until_ns:
+            return
+        # Queued while fenced, never sent: a STOP-DATA among them may omit a forgotten
+        # write proof.  The core re-sends its votes of later instances itself.
+        self.core.bft.resend.clear()
+        await asyncio.to_thread(self.wal.clear_amnesia)  # the tip is durable already
+        self.fence = None
+        log.warning(
+            "replica %d: fence lifted at h%d (stamped %d ns, after %d ns): it votes again",
+            self.config.replica_id,
+            tip.height,
+            tip.timestamp,
+            fence.until_ns,
+        )
+
     def _release(self, parts: list[Effects]) -> None:
         transport = self.transport
         assert transport is not None
+        fenced = self.fence is not None
         for part in parts:
             for send in part.send:
+                if fenced and not isinstance(send.message, FENCED_OUTPUTS):
+                    self.stats.fenced_outputs_dropped += 1
+                    continue
                 transport.send(send.to, encode(send.message))
             for decided in part.decided:
                 self.stats.blocks_decided += 1
@@ -327,7 +655,8 @@ class Driver:
                     watch.offer(decided)
             self.stats.blocks_provisional += len(part.committed)
             for reply in part.replies:
-                self._answer(reply)
+                if not fenced or reply.level is Finality.FINAL:  # FINAL: certified
+                    self._answer(reply)
             for line in part.trace:
                 log.debug("%s", line)
 

@@ -1,7 +1,11 @@
 """One replica process: WAL recovery, the driver, the transport and the client API on
 one mutual-TLS gRPC port, and a clean stop on SIGINT/SIGTERM.
 
-Guarantees: nothing listens before recovery finished; the health service says
+Guarantees: nothing listens before recovery finished; recovery starts from the
+newest valid WAL snapshot and logs every damage it found (as warnings); a log
+whose acknowledged records are damaged is repaired to its longest valid prefix
+and the replica starts fenced (``[tuning] wal_repair``, on by default; off, the
+start is refused and the message says what to do); the health service says
 SERVING only while the driver runs; on a stop signal the server stops taking
 calls (a grace period lets answers in flight finish), the driver stops between
 rounds, links close and the WAL is closed, so every acknowledged record is on
@@ -21,10 +25,10 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from node.config import NodeConfig
-from node.driver import Driver
+from node.driver import Driver, decode_replay_state, replay_state_problem
 from node.service import ADMIN_SERVICE, LEDGER_SERVICE, ClientService
 from node.transport import PEER_SERVICE, Transport, grpc_options, server_credentials
-from node.wal import WalError, WriteAheadLog
+from node.wal import WalCorruption, WalError, WriteAheadLog
 
 STOP_GRACE_S: Final = 2.0
 log = logging.getLogger("aegis.node")
@@ -35,18 +39,33 @@ class StartError(RuntimeError):
 
 
 def open_wal(config: NodeConfig) -> tuple[WriteAheadLog, Driver]:
+    """Recover the replica's WAL (newest valid snapshot + later records) into a driver."""
     try:
-        wal, recovered, report = WriteAheadLog.open(config.data_dir)
+        wal, recovered, report = WriteAheadLog.open(
+            config.data_dir,
+            repair=config.tuning.wal_repair,
+            snapshot_problem=replay_state_problem,
+        )
+    except WalCorruption as error:
+        raise StartError(
+            f"write-ahead log in {config.data_dir}: {error}.  Nothing was changed.  To "
+            "recover, set wal_repair = true under [tuning] in the replica's config: the "
+            "log is cut back to its longest valid prefix (the rest is kept aside as "
+            "*.damaged-* files) and the replica casts no vote until it has caught up "
+            "from its peers"
+        ) from None
     except WalError as error:
         raise StartError(f"write-ahead log in {config.data_dir}: {error}") from None
+    damaged = bool(
+        report.torn_tail or report.repaired or report.snapshots_rejected or report.amnesia
+    )
     for line in report.lines():
-        log.info("replica %d: %s", config.replica_id, line)
+        log.log(logging.WARNING if damaged else logging.INFO, "replica %d: %s",
+                config.replica_id, line)  # fmt: skip
+    records = list(recovered.records)
     if recovered.snapshot is not None:
-        wal.close()
-        raise StartError(
-            f"{config.data_dir} holds a WAL snapshot; this version recovers by full replay only"
-        )
-    return wal, Driver(config, wal, recovered.records)
+        records = decode_replay_state(recovered.snapshot.state) + records  # checked on open
+    return wal, Driver(config, wal, records, amnesia=recovered.amnesia)
 
 
 async def serve(config: NodeConfig, stop: asyncio.Event) -> None:

@@ -15,7 +15,20 @@ Guarantees:
   to the last whole batch.  Damage followed by a record of a *later* batch is
   not a torn write, since a batch is written only after the one before it was
   acknowledged: that is ``WalCorruption``, raised with nothing on disk changed,
-  and the caller decides (the node fetches the lost records from its peers).
+  and the caller decides.
+* A torn tail is a *cut* when the data simply ends inside a batch (a prefix of
+  what one write put there: what a killed process or a lost page cache
+  leaves); that batch was never acknowledged, so nothing that left the process
+  depended on it.  Any other damage (bad bytes, a gap, a broken segment) may
+  have taken acknowledged records with it: before changing a byte, recovery
+  then writes the durable *amnesia marker* (``AMNESIA``: when it was found and
+  why) and reports it in ``Recovered.amnesia`` on every open until the caller,
+  having made up for what it may have forgotten, calls ``clear_amnesia``.
+* ``repair=True`` turns ``WalCorruption`` into a recovery of the longest valid
+  prefix of the log (the newest valid snapshot and the records that follow it
+  without a gap): the marker is written first, then the damaged bytes and every
+  later segment are set aside as ``*.damaged-<ns>`` files (never deleted: they
+  are evidence for the operator) and the log goes on after the prefix.
 * Snapshots are written atomically (temporary file, fsync, rename, fsync of
   the directory) with a checksum and the sequence number they cover.  The
   newest ``snapshots_kept`` snapshots are kept with every log segment holding
@@ -29,8 +42,11 @@ Guarantees:
 
 It does not guarantee what no checksum can: damage to the last acknowledged
 batch (the disk losing fsynced data) looks exactly like a torn write and is
-dropped, reported.  After a failed write or fsync the log refuses further
-use: what reached the disk is unknown, so the process must reopen it.
+dropped, reported (as possible amnesia unless it is a mere cut).  A log
+shortened at a batch boundary, or cut inside an acknowledged batch (a file
+truncated behind the log's back), cannot be told from an honest one.  After a
+failed write or fsync the log refuses further use: what reached the disk is
+unknown, so the process must reopen it.
 
 Format.  Segment files ``wal-<first sequence, 20 digits>.log`` hold frames:
 a 32-byte header (magic ``AWR1``, payload length u32, sequence u64, index in
@@ -39,7 +55,9 @@ bytes), then the payload, ``consensus.wire.encode(record)``.  Checksums are
 CRC-32 (``zlib.crc32``, the ISO-HDLC/gzip polynomial), not CRC-32C, which the
 standard library lacks.  Snapshot files ``snapshot-<sequence>.snap``: a
 32-byte header (magic ``AEGSNAP1``, covered sequence u64, state length u64,
-state CRC u32, header CRC u32), then the state.  All integers big-endian.
+state CRC u32, header CRC u32), then the state.  The amnesia marker: magic
+``AEGAMNS1``, detection time u64 (ns since the epoch), reason length u32, the
+reason (UTF-8), then the CRC u32 of all that.  All integers big-endian.
 """
 
 from __future__ import annotations
@@ -48,10 +66,11 @@ import fcntl
 import os
 import re
 import struct
+import time
 import typing
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -70,6 +89,10 @@ _FRAME = struct.Struct(">4sIQIII")  # magic, payload bytes, seq, index, batch le
 _FRAME_MAGIC = b"AWR1"
 _SNAPSHOT = struct.Struct(">8sQQI")  # magic, covered seq, state bytes, state crc
 _SNAPSHOT_MAGIC = b"AEGSNAP1"
+_AMNESIA = struct.Struct(">8sQI")  # magic, detected at (ns), reason bytes
+_AMNESIA_MAGIC = b"AEGAMNS1"
+_AMNESIA_NAME = "AMNESIA"
+_AMNESIA_REASON_BYTES_MAX = 4096
 _CRC = struct.Struct(">I")
 HEADER_BYTES: Final = _FRAME.size + _CRC.size
 assert HEADER_BYTES == 32 and _SNAPSHOT.size + _CRC.size == 32
@@ -114,6 +137,15 @@ class WalOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Amnesia:
+    """The log lost records that may have been acknowledged: what left the process
+    because of them (votes, acknowledgements) may be forgotten now."""
+
+    detected_ns: int  # wall clock when the damage was found: the loss happened before
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     seq: int  # the last record the state includes
     state: bytes
@@ -126,6 +158,7 @@ class Recovered:
     snapshot: Snapshot | None
     records: tuple[PersistRecord, ...]
     first_seq: int  # the sequence number of records[0]
+    amnesia: Amnesia | None = None  # set until ``clear_amnesia``
 
     @property
     def last_seq(self) -> int:
@@ -140,6 +173,7 @@ class TornTail:
     records_kept: int  # in this segment
     bytes_dropped: int
     reason: str
+    cut: bool  # the data just ends inside a batch: an unacknowledged write, nothing lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +184,8 @@ class RecoveryReport:
     records_replayed: int
     torn_tail: TornTail | None
     removed: tuple[str, ...]  # leftovers of interrupted snapshots
+    repaired: tuple[str, ...] = ()  # what ``repair`` set aside, and why
+    amnesia: Amnesia | None = None
 
     def lines(self) -> list[str]:
         start = "a full replay" if self.snapshot_seq is None else f"snapshot {self.snapshot_seq}"
@@ -160,11 +196,18 @@ class RecoveryReport:
         lines += [f"snapshot rejected: {reason}" for reason in self.snapshots_rejected]
         if self.torn_tail is not None:
             torn = self.torn_tail
+            kind = "cut short (an unacknowledged write)" if torn.cut else "damaged"
             lines.append(
-                f"torn tail in {torn.segment} at offset {torn.offset}: {torn.reason}; "
+                f"torn tail in {torn.segment} at offset {torn.offset}, {kind}: {torn.reason}; "
                 f"kept {torn.records_kept} records, dropped {torn.bytes_dropped} bytes"
             )
+        lines += [f"repaired: {what}" for what in self.repaired]
         lines += [f"removed {name}" for name in self.removed]
+        if self.amnesia is not None:
+            lines.append(
+                f"acknowledged records may be lost ({self.amnesia.reason}); "
+                f"damage found at {self.amnesia.detected_ns} ns"
+            )
         return lines
 
 
@@ -219,6 +262,16 @@ class _Scan:
     end: int  # offset after the last whole batch
     damage: str | None  # why the scan stopped before the end of the data
     damage_offset: int
+    cut: bool  # the damage is only that the data ends inside a batch
+
+
+def _is_cut(data: bytes, offset: int, reason: str) -> bool:
+    """Does the data just end inside the frame at ``offset`` (what a write that never
+    finished leaves), rather than hold bytes that cannot be there?"""
+    if reason.startswith("short payload"):
+        return True  # the header's checksum held: a real frame, cut off
+    present = data[offset : offset + len(_FRAME_MAGIC)]
+    return reason.startswith("short header") and _FRAME_MAGIC.startswith(present)
 
 
 def _scan(data: bytes, first_seq: int) -> _Scan:
@@ -227,11 +280,13 @@ def _scan(data: bytes, first_seq: int) -> _Scan:
     pending: list[tuple[int, PersistRecord]] = []
     offset = end = batch_count = 0
     damage = None
+    cut = False
     while offset < len(data) and damage is None:
         parsed = _parse_frame(data, offset)
         due = first_seq + len(records) + len(pending)
         if isinstance(parsed, str):
             damage = parsed
+            cut = _is_cut(data, offset, parsed)
         elif parsed.seq != due:
             damage = f"record {parsed.seq} where {due} was due"
         elif parsed.index != len(pending) or (pending and parsed.count != batch_count):
@@ -254,7 +309,8 @@ def _scan(data: bytes, first_seq: int) -> _Scan:
     if damage is None and pending:
         first, count = pending[0][0], batch_count
         damage = f"batch {first}..{first + count - 1} ends after {len(pending)} of {count} records"
-    return _Scan(records=records, end=end, damage=damage, damage_offset=offset)
+        cut = True
+    return _Scan(records=records, end=end, damage=damage, damage_offset=offset, cut=cut)
 
 
 def _later_batch(data: bytes, start: int, torn_first: int) -> int | None:
@@ -346,7 +402,9 @@ def _list(path: Path) -> _Listing:
             listing.segments.append(int(match[1]))
         elif match := _SNAPSHOT_NAME.fullmatch(name):
             listing.snapshots.append(int(match[1]))
-        elif name.startswith("snapshot-") and name.endswith(".tmp"):
+        elif name.endswith(".tmp") and (
+            name.startswith("snapshot-") or name == f"{_AMNESIA_NAME}.tmp"
+        ):
             listing.leftovers.append(name)
     return listing
 
@@ -357,10 +415,21 @@ def _list(path: Path) -> _Listing:
 class WriteAheadLog:
     """An open log; not thread-safe (the node's driver owns it)."""
 
-    def __init__(self, path: Path, options: WalOptions, lock_fd: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: WalOptions,
+        lock_fd: int,
+        *,
+        repair: bool = False,
+        snapshot_problem: Callable[[bytes], str | None] | None = None,
+    ) -> None:
         self._path = path
         self._options = options
         self._lock_fd = lock_fd
+        self._repair = repair
+        self._snapshot_problem = snapshot_problem
+        self._amnesia: Amnesia | None = None
         self._fd = -1
         self._segments: list[int] = []  # every segment on disk, the open one last
         self._segment_bytes = 0
@@ -380,12 +449,20 @@ class WriteAheadLog:
 
     @classmethod
     def open(
-        cls, directory: str | os.PathLike[str], options: WalOptions | None = None
+        cls,
+        directory: str | os.PathLike[str],
+        options: WalOptions | None = None,
+        *,
+        repair: bool = False,
+        snapshot_problem: Callable[[bytes], str | None] | None = None,
     ) -> tuple[WriteAheadLog, Recovered, RecoveryReport]:
         """Open (creating if need be) the log in ``directory`` and recover what it holds.
 
         Raises ``WalCorruption`` if acknowledged records are damaged or missing (the
-        files are left as they were), ``WalError`` if another process holds the log."""
+        files are left as they were) unless ``repair``, which recovers the longest
+        valid prefix instead (see the module's guarantees); ``WalError`` if another
+        process holds the log.  ``snapshot_problem`` judges a snapshot's state once its
+        checksum held: a state it refuses is passed over like a corrupt one."""
         path = Path(directory)
         if not path.is_dir():
             path.mkdir(parents=True)
@@ -396,7 +473,13 @@ class WriteAheadLog:
         except BlockingIOError:
             os.close(lock_fd)
             raise WalError(f"{path} is in use by another process") from None
-        wal = cls(path, options or WalOptions(), lock_fd)
+        wal = cls(
+            path,
+            options or WalOptions(),
+            lock_fd,
+            repair=repair,
+            snapshot_problem=snapshot_problem,
+        )
         try:
             recovered, report = wal._recover()
         except BaseException:
@@ -538,31 +621,45 @@ class WriteAheadLog:
 
     def _recover(self) -> tuple[Recovered, RecoveryReport]:
         listing = _list(self._path)
+        marker = _read_amnesia(self._path / _AMNESIA_NAME)
+        if isinstance(marker, Amnesia):
+            self._amnesia = marker
         snapshot, rejected = self._choose_snapshot(listing.snapshots)
         floor = snapshot.seq if snapshot else 0
         self._segments = listing.segments
-        records, read, torn, due = self._replay(floor)
+        replay = self._replay(floor)
         # Only now that no WalCorruption can come: a refused log is left as it was found.
+        if isinstance(marker, str):
+            self._note_amnesia(f"the amnesia marker is unreadable ({marker})")
         for name in listing.leftovers:
             os.unlink(self._path / name)
         if listing.leftovers:
             _fsync_directory(self._path)
         # The log may end before the snapshot does (records the snapshot covers were
-        # lost): then the next record starts a new segment rather than leave a gap.
-        self._last_seq = max(floor, due - 1)
-        if self._segments and due == self._last_seq + 1:
+        # lost), or its last segment was set aside: then the next record starts a new
+        # segment rather than leave a gap or follow a segment this recovery did not read.
+        self._last_seq = max(floor, replay.due - 1)
+        last_read = bool(replay.read) and replay.read[-1] == _segment_name(self._segments[-1])
+        if last_read and replay.due == self._last_seq + 1:
             self._open_segment(self._segments[-1], create=False)
         else:
             self._open_segment(self._last_seq + 1, create=True)
-        recovered = Recovered(snapshot=snapshot, records=tuple(records), first_seq=floor + 1)
+        recovered = Recovered(
+            snapshot=snapshot,
+            records=tuple(replay.records),
+            first_seq=floor + 1,
+            amnesia=self._amnesia,
+        )
         assert recovered.last_seq == self._last_seq
         report = RecoveryReport(
             snapshot_seq=snapshot.seq if snapshot else None,
             snapshots_rejected=tuple(rejected),
-            segments_read=tuple(read),
-            records_replayed=len(records),
-            torn_tail=torn,
+            segments_read=tuple(replay.read),
+            records_replayed=len(replay.records),
+            torn_tail=replay.torn,
             removed=tuple(listing.leftovers),
+            repaired=tuple(replay.repaired),
+            amnesia=self._amnesia,
         )
         return recovered, report
 
@@ -573,6 +670,9 @@ class WriteAheadLog:
         for seq in reversed(seqs):
             name = _snapshot_name(seq)
             state = _read_snapshot(self._path / name, seq, self._options.snapshot_bytes_max)
+            if not isinstance(state, str) and self._snapshot_problem is not None:
+                problem = self._snapshot_problem(state)
+                state = state if problem is None else f"state refused: {problem}"
             if isinstance(state, str):
                 rejected.append(f"{name}: {state}")
             else:
@@ -580,57 +680,69 @@ class WriteAheadLog:
                 chosen = chosen or Snapshot(seq=seq, state=state)
         return chosen, rejected
 
-    def _replay(self, floor: int) -> tuple[list[PersistRecord], list[str], TornTail | None, int]:
+    def _replay(self, floor: int) -> _Replay:
         """Every record after ``floor``, segment by segment, and the sequence number due
-        next in the last segment; truncates a torn tail."""
+        next in the last segment; truncates a torn tail, repairs when asked to."""
         segments = self._segments
         wanted = [
             s
             for i, s in enumerate(segments)
             if i == len(segments) - 1 or segments[i + 1] - 1 > floor
         ]
-        records: list[PersistRecord] = []
-        read: list[str] = []
-        torn: TornTail | None = None
-        due = wanted[0] if wanted and wanted[0] <= floor + 1 else floor + 1
+        replay = _Replay(due=wanted[0] if wanted and wanted[0] <= floor + 1 else floor + 1)
         for position, first in enumerate(wanted):
             name = _segment_name(first)
-            if first != due:
-                raise WalCorruption(
-                    name, 0, f"records {due}..{first - 1} are missing" + self._missing_hint(floor)
-                )
+            if first != replay.due:
+                problem = f"records {replay.due}..{first - 1} are missing"
+                if not self._repair:
+                    raise WalCorruption(name, 0, problem + self._missing_hint(floor))
+                self._note_amnesia(f"{name}: {problem}")
+                replay.repaired += self._set_aside(wanted[position:], problem)
+                break
             data = (self._path / name).read_bytes()
             scan = _scan(data, first)
-            read.append(name)
-            if scan.damage is not None:
-                torn = self._torn_tail(name, first, data, scan, last=position == len(wanted) - 1)
-            records += [record for seq, record in scan.records if seq > floor]
-            due = first + len(scan.records)
+            replay.read.append(name)
+            replay.records += [record for seq, record in scan.records if seq > floor]
+            replay.due = first + len(scan.records)
             self._segment_bytes, self._segment_records = scan.end, len(scan.records)
-        return records, read, torn, due
+            if scan.damage is not None:
+                replay.torn = self._torn_tail(name, first, data, scan, wanted[position + 1 :])
+                if position < len(wanted) - 1:  # only when repairing: else it raised
+                    replay.repaired += self._set_aside(
+                        wanted[position + 1 :], f"follows the damage in {name}"
+                    )
+                    break
+        return replay
 
     def _missing_hint(self, floor: int) -> str:
         if floor:
             return f" after snapshot {floor}"
         return " and no valid snapshot covers them (compacted after a snapshot now unreadable?)"
 
-    def _torn_tail(self, name: str, first: int, data: bytes, scan: _Scan, last: bool) -> TornTail:
-        """Truncate a torn tail and describe it, or raise if the damage is not a tail."""
+    def _torn_tail(
+        self, name: str, first: int, data: bytes, scan: _Scan, later: list[int]
+    ) -> TornTail:
+        """Truncate a torn tail and describe it; damage that is not a tail raises unless
+        repairing, when the damaged bytes are set aside instead (the caller sets aside the
+        ``later`` segments)."""
         assert scan.damage is not None
-        if not last:
-            raise WalCorruption(
-                name,
-                scan.damage_offset,
-                f"{scan.damage}, and later segments follow: acknowledged records are damaged",
+        problem = None
+        following = _later_batch(data, scan.end, torn_first=first + len(scan.records))
+        if later:
+            problem = f"{scan.damage}, and later segments follow: acknowledged records are damaged"
+        elif following is not None:
+            problem = (
+                f"{scan.damage}, and record {following} "
+                "of a later batch follows: acknowledged records are damaged"
             )
-        later = _later_batch(data, scan.end, torn_first=first + len(scan.records))
-        if later is not None:
-            raise WalCorruption(
-                name,
-                scan.damage_offset,
-                f"{scan.damage}, and record {later} "
-                "of a later batch follows: acknowledged records are damaged",
-            )
+        if problem is not None and not self._repair:
+            raise WalCorruption(name, scan.damage_offset, problem)
+        if problem is not None or not scan.cut:
+            # The marker first: a crash after the truncation must not forget the loss.
+            self._note_amnesia(f"{name} at offset {scan.damage_offset}: {problem or scan.damage}")
+        if problem is not None:
+            aside = f"{name}.damaged-{self._amnesia_ns()}"
+            _write_durably(self._path, aside, data[scan.end :])
         fd = os.open(self._path / name, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, scan.end)
@@ -643,5 +755,100 @@ class WriteAheadLog:
             truncated_to=scan.end,
             records_kept=len(scan.records),
             bytes_dropped=len(data) - scan.end,
-            reason=scan.damage,
+            reason=scan.damage if problem is None else f"{problem}; bytes set aside",
+            cut=scan.cut and problem is None,
         )
+
+    def _set_aside(self, firsts: list[int], why: str) -> list[str]:
+        """Rename whole segments out of the log (repair only; the marker is written)."""
+        assert self._repair and self._amnesia is not None
+        lines = []
+        for first in firsts:
+            name = _segment_name(first)
+            aside = f"{name}.damaged-{self._amnesia_ns()}"
+            os.replace(self._path / name, self._path / aside)
+            self._segments.remove(first)
+            lines.append(f"{name} set aside as {aside}: {why}")
+        if firsts:
+            _fsync_directory(self._path)
+        return lines
+
+    # ---------------------------------------------------------------- amnesia
+
+    @property
+    def amnesia(self) -> Amnesia | None:
+        return self._amnesia
+
+    def clear_amnesia(self) -> None:
+        """The caller made up for what the lost records may have promised."""
+        self._check_usable()
+        if self._amnesia is None:
+            return
+        try:
+            os.unlink(self._path / _AMNESIA_NAME)
+            _fsync_directory(self._path)
+        except OSError as error:
+            self._failed = f"removing the amnesia marker failed ({error})"
+            raise WalError(f"{self._path}: {self._failed}; reopen to recover") from error
+        self._amnesia = None
+
+    def _note_amnesia(self, reason: str) -> None:
+        """Durably mark that acknowledged records may be lost, before anything changes."""
+        if self._amnesia is not None and reason in self._amnesia.reason:
+            return
+        if self._amnesia is not None:
+            reason = f"{self._amnesia.reason}; then {reason}"
+        detected = max(time.time_ns(), self._amnesia.detected_ns if self._amnesia else 0)
+        amnesia = Amnesia(detected_ns=detected, reason=reason)
+        _write_durably(self._path, _AMNESIA_NAME, _encode_amnesia(amnesia))
+        self._amnesia = amnesia
+
+    def _amnesia_ns(self) -> int:
+        assert self._amnesia is not None
+        return self._amnesia.detected_ns
+
+
+@dataclass(slots=True)
+class _Replay:
+    due: int  # the sequence number the log continues with
+    records: list[PersistRecord] = field(default_factory=list)
+    read: list[str] = field(default_factory=list)
+    torn: TornTail | None = None
+    repaired: list[str] = field(default_factory=list)
+
+
+def _write_durably(directory: Path, name: str, data: bytes) -> None:
+    """Write ``name`` atomically: a temporary file, fsync, rename, fsync of the directory."""
+    temporary = directory / f"{name}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, [data])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, directory / name)
+    _fsync_directory(directory)
+
+
+def _encode_amnesia(amnesia: Amnesia) -> bytes:
+    reason = amnesia.reason.encode()[-_AMNESIA_REASON_BYTES_MAX:]  # the newest part
+    body = _AMNESIA.pack(_AMNESIA_MAGIC, amnesia.detected_ns, len(reason)) + reason
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _read_amnesia(path: Path) -> Amnesia | str | None:
+    """The marker, None if there is none, or why it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) < _AMNESIA.size + _CRC.size:
+        return f"{len(data)} bytes"
+    magic, detected, length = _AMNESIA.unpack_from(data)
+    if magic != _AMNESIA_MAGIC or length != len(data) - _AMNESIA.size - _CRC.size:
+        return "bad magic or length"
+    (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(data[: -_CRC.size]) != crc:
+        return "checksum mismatch"
+    reason = data[_AMNESIA.size : -_CRC.size].decode("utf-8", "replace")
+    return Amnesia(detected_ns=detected, reason=reason)

@@ -49,7 +49,7 @@ class MemoryLinks:
             self.events.append(("durable", replica, tuple(records)))
             return last
 
-        driver.wal.append = logged_append  # type: ignore[method-assign]
+        driver.wal.append = logged_append  # type: ignore[method-assign,assignment]
         answer = driver._answer
 
         def logged_answer(reply: Reply) -> None:

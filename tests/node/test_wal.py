@@ -115,6 +115,7 @@ def test_every_truncation_of_the_last_record_recovers_exactly_the_earlier_ones(
                 assert torn is not None and torn.truncated_to == start
                 assert torn.bytes_dropped == cut - start and torn.records_kept == 6
                 assert "short header" in torn.reason or "short payload" in torn.reason
+                assert torn.cut and recovered.amnesia is None  # never acknowledged
             assert segment.stat().st_size == start
             assert log.append([vote(7)]) == 7
         log, records = reopen(tmp_path)
@@ -134,6 +135,7 @@ def test_a_batch_cut_short_is_dropped_whole(tmp_path: Path) -> None:
         assert recovered.records == tuple(votes(1, 2))
         assert report.torn_tail is not None
         assert report.torn_tail.reason == f"batch 3..6 ends after {kept} of 4 records"
+        assert report.torn_tail.cut and recovered.amnesia is None
 
 
 @pytest.mark.parametrize(
@@ -161,6 +163,9 @@ def test_a_checksum_failure_in_the_tail_is_truncated_and_reported(
         )
         assert any("torn tail" in line and reason in line for line in report.lines())
         assert segment.stat().st_size == ends[0]
+        # Bad bytes, not a cut: the batch may have been acknowledged before it was damaged.
+        assert not torn.cut and recovered.amnesia is not None
+        assert reason in recovered.amnesia.reason and report.amnesia == recovered.amnesia
 
 
 def test_a_hole_early_in_the_last_batch_is_a_torn_write_not_corruption(tmp_path: Path) -> None:
@@ -175,6 +180,9 @@ def test_a_hole_early_in_the_last_batch_is_a_torn_write_not_corruption(tmp_path:
     log.close()
     assert recovered.records == tuple(votes(1, 2))
     assert report.torn_tail is not None and report.torn_tail.reason == "bad magic"
+    # A hole is also what an acknowledged batch looks like after the disk lost a page:
+    # the two cannot be told apart, so it counts as possible amnesia (the cautious side).
+    assert not report.torn_tail.cut and recovered.amnesia is not None
 
 
 def test_an_undecodable_record_with_a_good_checksum_is_caught(tmp_path: Path) -> None:
@@ -444,3 +452,129 @@ def test_nothing_acknowledged_is_lost_when_the_writer_is_killed(tmp_path: Path) 
             _child_record(s) for s in range(1, recovered.last_seq + 1)
         )
     print(f"torn tails recovered: {torn_seen} of 4")
+
+
+def test_a_short_run_of_foreign_bytes_is_damage_not_a_cut(tmp_path: Path) -> None:
+    build(tmp_path, [2])
+    (segment,) = segment_files(tmp_path)
+    with segment.open("ab") as file:
+        file.write(b"\x00garbage!")  # shorter than a header, but no header begins so
+    log, recovered, report = WriteAheadLog.open(tmp_path)
+    log.close()
+    assert recovered.records == tuple(votes(1, 2))
+    assert report.torn_tail is not None and "short header" in report.torn_tail.reason
+    assert not report.torn_tail.cut and recovered.amnesia is not None
+
+
+# ------------------------------------------------------------------ amnesia and repair
+
+
+def _damage_then_later_batch(path: Path) -> tuple[list[int], bytes]:
+    """Records 1..5 in batches [2, 2, 1]; a bit of record 3 flipped (batch 5 follows)."""
+    ends = build(path, [2, 2, 1])
+    (segment,) = segment_files(path)
+    data = bytearray(segment.read_bytes())
+    data[ends[0] + HEADER_BYTES + 3] ^= 0x01
+    segment.write_bytes(bytes(data))
+    return ends, bytes(data)
+
+
+def test_the_amnesia_marker_outlives_restarts_until_cleared(tmp_path: Path) -> None:
+    ends, data = _damage_then_later_batch(tmp_path)
+    (segment,) = segment_files(tmp_path)
+    segment.write_bytes(data[: ends[1]])  # no later batch: a damaged tail, truncated
+    before = time.time_ns()
+    log, recovered, _ = WriteAheadLog.open(tmp_path)
+    with log:
+        assert recovered.records == tuple(votes(1, 2)) and recovered.amnesia is not None
+        assert before <= recovered.amnesia.detected_ns <= time.time_ns()
+        log.append(votes(3, 1))
+    log, again, report = WriteAheadLog.open(tmp_path)  # the damage is gone, the marker not
+    with log:
+        assert again.amnesia == recovered.amnesia and report.torn_tail is None
+        assert any("acknowledged records may be lost" in line for line in report.lines())
+        log.clear_amnesia()
+        assert log.amnesia is None and not (tmp_path / "AMNESIA").exists()
+    log, cleared, _ = WriteAheadLog.open(tmp_path)
+    log.close()
+    assert cleared.amnesia is None and cleared.records == tuple(votes(1, 3))
+
+
+def test_an_unreadable_amnesia_marker_counts_as_amnesia_now(tmp_path: Path) -> None:
+    build(tmp_path, [2])
+    (tmp_path / "AMNESIA").write_bytes(b"AEGAMNS1 half a marker")
+    log, recovered, _ = WriteAheadLog.open(tmp_path)
+    log.close()
+    assert recovered.amnesia is not None and "marker is unreadable" in recovered.amnesia.reason
+    assert recovered.records == tuple(votes(1, 2))
+    log, again, _ = WriteAheadLog.open(tmp_path)  # rewritten whole
+    log.close()
+    assert again.amnesia == recovered.amnesia
+
+
+def test_repair_keeps_the_valid_prefix_and_sets_the_rest_aside(tmp_path: Path) -> None:
+    ends, data = _damage_then_later_batch(tmp_path)
+    (segment,) = segment_files(tmp_path)
+    log, recovered, report = WriteAheadLog.open(tmp_path, repair=True)
+    with log:
+        assert recovered.records == tuple(votes(1, 2)) and log.last_seq == 2
+        assert recovered.amnesia is not None
+        assert "record 5 of a later batch follows" in recovered.amnesia.reason
+        torn = report.torn_tail
+        assert torn is not None and not torn.cut and torn.truncated_to == ends[0]
+        (aside,) = tmp_path.glob(f"{segment.name}.damaged-*")
+        assert aside.read_bytes() == data[ends[0] :]  # evidence kept, byte for byte
+        assert log.append(votes(3, 2)) == 4  # the log goes on after the prefix
+    log, again, report = WriteAheadLog.open(tmp_path)
+    log.close()
+    assert again.records == tuple(votes(1, 4)) and report.torn_tail is None
+    assert again.amnesia == recovered.amnesia
+
+
+def test_repair_sets_aside_the_segments_after_a_damaged_one(tmp_path: Path) -> None:
+    with WriteAheadLog.open(tmp_path, WalOptions(segment_bytes_target=300))[0] as log:
+        for first in range(1, 12, 2):
+            log.append(votes(first, 2))
+    segments = segment_files(tmp_path)
+    segments[1].write_bytes(segments[1].read_bytes()[:-1])
+    kept = int(segments[1].name[4:24]) - 1  # segment 0 holds records 1..kept
+    log, recovered, report = WriteAheadLog.open(tmp_path, repair=True)
+    log.close()
+    prefix = len(recovered.records)
+    assert kept < prefix < 12 and recovered.records == tuple(votes(1, prefix))
+    assert recovered.amnesia is not None and "later segments follow" in recovered.amnesia.reason
+    assert [p.name for p in segment_files(tmp_path)] == [s.name for s in segments[:2]]
+    assert len(list(tmp_path.glob("wal-*.damaged-*"))) == len(segments) - 1  # 1 tail + the rest
+    assert any("set aside" in line for line in report.lines())
+
+
+def test_repair_of_a_log_no_snapshot_covers_starts_empty_and_fenced(tmp_path: Path) -> None:
+    _two_snapshots(tmp_path)
+    for snapshot in tmp_path.glob("snapshot-*"):
+        snapshot.write_bytes(snapshot.read_bytes()[:-1])
+    log, recovered, report = WriteAheadLog.open(tmp_path, repair=True)
+    with log:
+        assert recovered.records == () and recovered.snapshot is None and log.last_seq == 0
+        assert recovered.amnesia is not None and "records 1..10 are missing" in (
+            recovered.amnesia.reason
+        )
+        assert len(report.snapshots_rejected) == 2 and not segment_files(tmp_path)[1:]
+        assert log.append(votes(1, 1)) == 1
+    log, again, _ = WriteAheadLog.open(tmp_path)
+    log.close()
+    assert again.records == (vote(1),) and again.amnesia == recovered.amnesia
+
+
+def test_a_snapshot_its_reader_refuses_is_passed_over(tmp_path: Path) -> None:
+    _two_snapshots(tmp_path)
+
+    def problem(state: bytes) -> str | None:
+        return "not mine" if state == b"state at 15" else None
+
+    log, recovered, report = WriteAheadLog.open(tmp_path, snapshot_problem=problem)
+    log.close()
+    assert recovered.snapshot == wal_module.Snapshot(seq=10, state=b"state at 10")
+    assert recovered.records == tuple(votes(11, 8))
+    assert report.snapshots_rejected == (
+        "snapshot-00000000000000000015.snap: state refused: not mine",
+    )
