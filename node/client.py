@@ -16,6 +16,10 @@ Guarantees:
   unreachable, busy or too slow the same request (same number) goes to the next
   one, so a retry can never create anything twice.  ``await_final`` waits for a
   PROVISIONAL answer's request to become FINAL the same way.
+* Tracing: each create call (and ``await_final``) is a CLIENT span of the tracer
+  provider given, else OpenTelemetry's global one (a no-op until the application
+  configures an SDK); its W3C ``traceparent`` goes in the gRPC metadata of every
+  attempt, so the replicas' SERVER spans join the same trace (``node.telemetry``).
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
 import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind
 
 from consensus import certificate as certificates
 from consensus.blocks import body_problem
@@ -64,6 +71,8 @@ from node import certs
 from node.config import ClientConfig, load_client_config
 from node.service import ADMIN_SERVICE, ID_BYTES, LEDGER_SERVICE, encode_filter
 from node.transport import GRPC_MESSAGE_BYTES_MAX
+
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
 
 RETRYABLE: Final = frozenset(
     {
@@ -100,9 +109,15 @@ class Answer:
 
 
 class Client:
-    def __init__(self, config: ClientConfig, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        timeout_s: float = 30.0,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
         self.config = config
         self.timeout_s = timeout_s
+        self.tracer = trace.get_tracer("aegis.client", tracer_provider=tracer_provider)
         self.signer = Ed25519Signer(config.signing_key)
         self.verifier = Ed25519Verifier({p.id: p.public_key for p in config.replicas})
         credentials = grpc.ssl_channel_credentials(
@@ -164,10 +179,31 @@ class Client:
             request = dataclasses.replace(unsigned, signature=self.signer.sign(canonical(unsigned)))
             method = "CreateAccounts" if operation == OP_CREATE_ACCOUNTS else "CreateTransfers"
             body = bytes((level,)) + encode(request)
-            if level == Finality.PROVISIONAL:
-                return self._provisional(request, method, body)
-            replica, answer = self._call_any(LEDGER_SERVICE, method, body)
-            return self._checked(request, level, replica, answer)
+            with self._span(method, request, level) as span:
+                metadata = _trace_metadata()
+                if level == Finality.PROVISIONAL:
+                    answer = self._provisional(request, method, body, metadata)
+                else:
+                    replica, data = self._call_any(LEDGER_SERVICE, method, body, metadata)
+                    answer = self._checked(request, level, replica, data)
+                _annotate(span, answer)
+                return answer
+
+    def _span(self, method: str, request: Request, level: Finality) -> AbstractContextManager[Span]:
+        """The CLIENT span of one create call, current while it runs (so it is injected)."""
+        return self.tracer.start_as_current_span(
+            f"{LEDGER_SERVICE}/{method}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": LEDGER_SERVICE,
+                "rpc.method": method,
+                "aegis.client.id": request.client_id,
+                "aegis.request.number": request.request_number,
+                "aegis.request.transfers": request.events,
+                "aegis.finality.wanted": level.name,
+            },
+        )
 
     def await_final(self, answer: Answer) -> Answer:
         """The FINAL answer for the request behind ``answer`` (a PROVISIONAL one): the
@@ -183,10 +219,15 @@ class Client:
         request = answer.request
         method = "CreateAccounts" if request.operation == OP_CREATE_ACCOUNTS else "CreateTransfers"
         body = bytes((Finality.FINAL,)) + encode(request)
-        replica, data = self._call_any(LEDGER_SERVICE, method, body)
-        return self._checked(request, Finality.FINAL, replica, data)
+        with self._span(method, request, Finality.FINAL) as span:
+            replica, data = self._call_any(LEDGER_SERVICE, method, body, _trace_metadata())
+            final = self._checked(request, Finality.FINAL, replica, data)
+            _annotate(span, final)
+            return final
 
-    def _provisional(self, request: Request, method: str, body: bytes) -> Answer:
+    def _provisional(
+        self, request: Request, method: str, body: bytes, metadata: Metadata
+    ) -> Answer:
         """Ask every replica; a FINAL answer, or f + 1 matching PROVISIONAL ones."""
         count = len(self.channels)
         needed = (count - 1) // 3 + 1
@@ -196,7 +237,7 @@ class Client:
             call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
                 f"/{LEDGER_SERVICE}/{method}"
             )
-            future = call.future(body, timeout=self.timeout_s)
+            future = call.future(body, timeout=self.timeout_s, metadata=metadata)
             future.add_done_callback(functools.partial(lambda r, f: outcomes.put((r, f)), replica))
             calls.append(future)
         votes: dict[tuple[bytes, tuple[int, ...]], int] = {}
@@ -341,12 +382,14 @@ class Client:
 
     # ---------------------------------------------------------------- plumbing
 
-    def _call(self, replica: int, service: str, method: str, body: bytes) -> bytes:
+    def _call(
+        self, replica: int, service: str, method: str, body: bytes, metadata: Metadata = ()
+    ) -> bytes:
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channels[replica].unary_unary(
             f"/{service}/{method}"
         )
         try:
-            answer = call(body, timeout=self.timeout_s)
+            answer = call(body, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else None
             details = error.details() if isinstance(error, grpc.Call) else str(error)
@@ -354,14 +397,16 @@ class Client:
         assert isinstance(answer, bytes)
         return answer
 
-    def _call_any(self, service: str, method: str, body: bytes) -> tuple[int, bytes]:
+    def _call_any(
+        self, service: str, method: str, body: bytes, metadata: Metadata = ()
+    ) -> tuple[int, bytes]:
         """Ask replicas in turn until one answers; retry only what is safe to retry."""
         count = len(self.channels)
         failures = []
         for attempt in range(2 * count):
             replica = (self._preferred + attempt) % count
             try:
-                answer = self._call(replica, service, method, body)
+                answer = self._call(replica, service, method, body, metadata)
             except ClientError as error:
                 if error.code not in RETRYABLE:
                     raise
@@ -371,3 +416,19 @@ class Client:
             return replica, answer
         raise ClientError("no replica answered: " + "; ".join(failures[-count:]),
                           grpc.StatusCode.UNAVAILABLE)  # fmt: skip
+
+
+def _trace_metadata() -> Metadata:
+    """The current trace context as gRPC metadata (W3C ``traceparent``; empty if none)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
+def _annotate(span: Span, answer: Answer) -> None:
+    span.set_attributes({
+        "aegis.replica.id": answer.replica,
+        "aegis.finality": answer.level.name,
+        "aegis.block.height": answer.height,
+        "aegis.block.digest": answer.header.digest.hex(),
+    })  # fmt: skip

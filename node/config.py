@@ -93,6 +93,22 @@ _TUNING_KEYS: Final = frozenset(Tuning.__dataclass_fields__)
 _TUNING_MAX: Final = {"frame_bytes_max": 16 * 1024 * 1024, "frame_messages_max": 4096}
 
 
+TELEMETRY_EXPORTERS: Final = ("auto", "console", "otlp", "none")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryConfig:
+    """``[telemetry]``: where the replica's traces and metrics go (``node.telemetry``).
+
+    ``exporter``: "auto" (OTLP if ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else console),
+    "console" (the replica's log), "otlp" (gRPC to ``endpoint``) or "none" (off).  The
+    environment variable ``AEGIS_TELEMETRY`` overrides it."""
+
+    exporter: str = "auto"
+    endpoint: str = ""  # OTLP collector, e.g. "http://127.0.0.1:4317"; "": the OTLP default
+    metrics_interval_ms: int = 15_000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsFiles:
     ca_cert: bytes
@@ -114,6 +130,7 @@ class NodeConfig:
     signing_key: Ed25519PrivateKey
     tls: TlsFiles
     tuning: Tuning
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def n(self) -> int:
@@ -159,8 +176,8 @@ class _Table:
             raise self.error(key, f"must be a {kind.__name__}, not {type(value).__name__}")
         return value
 
-    def text(self, key: str) -> str:
-        value = self._get(key, str)
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self._get(key, str, default)
         assert isinstance(value, str)
         return value
 
@@ -333,6 +350,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
         signing_key=signing_key,
         tls=_tls(node, cluster),
         tuning=tuning,
+        telemetry=_telemetry(top),
     )
     for table in (cluster, node, top):
         table.finish()
@@ -354,6 +372,26 @@ def _tuning(top: _Table) -> Tuning:
             values[key] = table.integer(key, 1, _TUNING_MAX.get(key, 2**31), default)
     table.finish()
     return Tuning(**values)  # type: ignore[arg-type]  # keys and types come from Tuning
+
+
+def _telemetry(top: _Table) -> TelemetryConfig:
+    if "telemetry" not in top.data:
+        top.used.add("telemetry")
+        return TelemetryConfig()
+    table = top.table("telemetry")
+    defaults = TelemetryConfig()
+    exporter = table.text("exporter", defaults.exporter)
+    if exporter not in TELEMETRY_EXPORTERS:
+        raise table.error("exporter", f"must be one of {', '.join(TELEMETRY_EXPORTERS)}")
+    config = TelemetryConfig(
+        exporter=exporter,
+        endpoint=table.text("endpoint", defaults.endpoint),
+        metrics_interval_ms=table.integer(
+            "metrics_interval_ms", 100, 3_600_000, defaults.metrics_interval_ms
+        ),
+    )
+    table.finish()
+    return config
 
 
 def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:

@@ -79,6 +79,7 @@ from consensus.wire import decode_one_of, encode
 from finality.executor import LedgerExecutor
 from ledger import Ledger
 from node.config import NodeConfig
+from node.telemetry import for_driver
 from node.transport import Inbound, Transport
 from node.wal import (
     PERSIST_RECORD_TYPES,
@@ -478,6 +479,7 @@ class Driver:
         self.watches: list[Watch] = []
         self.stats = DriverStats()
         self._stopping = False
+        self.telemetry = for_driver(self)  # traces and metrics (node.telemetry); off: no-ops
 
     # ---------------------------------------------------------------- clients
 
@@ -538,12 +540,17 @@ class Driver:
                     inputs.append(await asyncio.wait_for(self.inbound.get(), wait_s))
             while len(inputs) < INPUTS_PER_ROUND_MAX and not self.inbound.empty():
                 inputs.append(self.inbound.get_nowait())
+            started_s = time.perf_counter()
             parts = [effects for item in inputs for effects in self._step(item)]
             due = self.ticks_due()
             self.stats.ticks_behind_max = max(self.stats.ticks_behind_max, due)
             for _ in range(min(due, TICKS_PER_ROUND_MAX)):
                 parts.append(self.core.tick())
+            stepped_s = time.perf_counter()
             await self._execute(parts)
+            self.telemetry.round_finished(
+                len(inputs), stepped_s - started_s, time.perf_counter() - stepped_s
+            )
             await self._maybe_lift_fence()
             await self._maybe_snapshot()
             self.stats.rounds += 1
@@ -581,7 +588,9 @@ class Driver:
         last = self.wal.last_seq
         for start in range(0, len(records), WAL_BATCH_RECORDS_MAX):
             batch = records[start : start + WAL_BATCH_RECORDS_MAX]
+            started_s = time.perf_counter()
             last = self.wal.append(batch)
+            self.telemetry.wal_appended(time.perf_counter() - started_s, len(batch))
             self._replay += batch
             self._records_since_snapshot += len(batch)
             self.stats.wal_batches += 1
@@ -651,9 +660,11 @@ class Driver:
             for decided in part.decided:
                 self.stats.blocks_decided += 1
                 self.read_model.apply(decided, self.core.bft)
+                self.telemetry.decided(decided)
                 for watch in self.watches:
                     watch.offer(decided)
             self.stats.blocks_provisional += len(part.committed)
+            self.telemetry.committed(part.committed)
             for reply in part.replies:
                 if not fenced or reply.level is Finality.FINAL:  # FINAL: certified
                     self._answer(reply)
@@ -661,6 +672,7 @@ class Driver:
                 log.debug("%s", line)
 
     def _answer(self, reply: Reply) -> None:
+        self.telemetry.replied(reply)
         for waiter in self.waiters.get((reply.client_id, reply.request_number), []):
             if reply.level >= waiter.level and not waiter.future.done():
                 waiter.future.set_result(reply)

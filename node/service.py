@@ -33,6 +33,10 @@ Bodies (no protobuf code generation; ``node.client`` speaks this):
   watch); a watcher more than ``WATCH_BLOCKS_MAX`` blocks behind is ended with
   RESOURCE_EXHAUSTED and may watch again from its last height.
 * ``aegis.v1.Admin/Status``: empty.  Answer: UTF-8 JSON (see ``status_of``).
+
+Telemetry (``node.telemetry``): every ``aegis.v1.Ledger`` unary call is a SERVER span
+continuing the W3C ``traceparent`` in the call's metadata; a create call's span carries
+the request's attributes and the events ``submitted``, ``provisional``, ``final``.
 """
 
 from __future__ import annotations
@@ -65,8 +69,9 @@ from ledger import (
     encode_transfer,
 )
 from ledger.codec import encode_balance
-from node import certs
+from node import certs, telemetry
 from node.driver import WATCH_BLOCKS_MAX, Driver, Overloaded
+from node.telemetry import ServerCall
 from node.transport import peer_identity
 
 LEDGER_SERVICE: Final = "aegis.v1.Ledger"
@@ -139,30 +144,46 @@ class ClientService:
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.config = driver.config
+        self.telemetry = telemetry.for_driver(driver)
 
     def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
         def unary(
-            method: Callable[[bytes, certs.Identity], Awaitable[bytes]], admit_replicas: bool
+            name: str,
+            method: Callable[[bytes, certs.Identity, ServerCall], Awaitable[bytes]],
+            admit_replicas: bool = False,
         ) -> grpc.RpcMethodHandler[bytes, bytes]:
+            traced = not admit_replicas  # Status is polled: no span for it
+
             async def handle(body: bytes, context: Context) -> bytes:
+                call = telemetry.NO_CALL
+                if traced:
+                    metadata = context.invocation_metadata()
+                    call = self.telemetry.server_call(LEDGER_SERVICE, name, metadata)
+                failure: BaseException | None = None
                 try:
                     caller = self._caller(context, admit_replicas)
-                    return await method(body, caller)
+                    return await method(body, caller, call)
                 except _Refused as refused:
+                    call.refused(refused.code, refused.details)
                     await context.abort(refused.code, refused.details)
+                except BaseException as error:  # our bug, or the caller cancelled
+                    failure = error
+                    raise
+                finally:
+                    call.end(failure)
 
             return grpc.unary_unary_rpc_method_handler(handle)
 
         ledger = {
-            "CreateAccounts": unary(self._create_accounts, False),
-            "CreateTransfers": unary(self._create_transfers, False),
-            "LookupAccounts": unary(self._lookup_accounts, False),
-            "LookupTransfers": unary(self._lookup_transfers, False),
-            "GetAccountTransfers": unary(self._account_transfers, False),
-            "GetAccountBalances": unary(self._account_balances, False),
+            "CreateAccounts": unary("CreateAccounts", self._create_accounts),
+            "CreateTransfers": unary("CreateTransfers", self._create_transfers),
+            "LookupAccounts": unary("LookupAccounts", self._lookup_accounts),
+            "LookupTransfers": unary("LookupTransfers", self._lookup_transfers),
+            "GetAccountTransfers": unary("GetAccountTransfers", self._account_transfers),
+            "GetAccountBalances": unary("GetAccountBalances", self._account_balances),
             "WatchCommits": grpc.unary_stream_rpc_method_handler(self._watch_commits),
         }
-        admin = {"Status": unary(self._status, True)}
+        admin = {"Status": unary("Status", self._status, admit_replicas=True)}
         return (
             grpc.method_handlers_generic_handler(LEDGER_SERVICE, ledger),
             grpc.method_handlers_generic_handler(ADMIN_SERVICE, admin),
@@ -183,11 +204,15 @@ class ClientService:
 
     # ---------------------------------------------------------------- creating
 
-    async def _create_accounts(self, body: bytes, caller: certs.Identity) -> bytes:
-        return await self._create(body, caller, OP_CREATE_ACCOUNTS)
+    async def _create_accounts(
+        self, body: bytes, caller: certs.Identity, call: ServerCall
+    ) -> bytes:
+        return await self._create(body, caller, OP_CREATE_ACCOUNTS, call)
 
-    async def _create_transfers(self, body: bytes, caller: certs.Identity) -> bytes:
-        return await self._create(body, caller, OP_TRANSFERS)
+    async def _create_transfers(
+        self, body: bytes, caller: certs.Identity, call: ServerCall
+    ) -> bytes:
+        return await self._create(body, caller, OP_TRANSFERS, call)
 
     def _checked_request(self, body: bytes, caller: certs.Identity, operation: int) -> Request:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
@@ -215,7 +240,9 @@ class ClientService:
             raise _Refused(invalid, f"the records cannot execute: {problem}")
         return request
 
-    async def _create(self, body: bytes, caller: certs.Identity, operation: int) -> bytes:
+    async def _create(
+        self, body: bytes, caller: certs.Identity, operation: int, call: ServerCall
+    ) -> bytes:
         if len(body) < 2 or body[0] not in (Finality.PROVISIONAL, Finality.FINAL):
             raise _Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -224,11 +251,13 @@ class ClientService:
             )
         level = Finality(body[0])
         request = self._checked_request(body[1:], caller, operation)
+        call.request(request, level)
         bft = self.driver.core.bft
         decided = bft.client_decided.get(request.client_id, -1)
         if request.request_number <= decided:
             cached = bft.reply_cache.get(request.client_id)
             if cached is not None and cached.request_number == request.request_number:
+                call.event("answered from the reply cache", {"aegis.finality": cached.level.name})
                 return encode(cached)  # a retry of the latest request: answer it again
             raise _Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -244,9 +273,11 @@ class ClientService:
             future = self.driver.submit(request, level)
         except Overloaded as error:
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+        tracked = self.telemetry.submitted(call, request)
         wait_s = self.config.tuning.client_wait_ms_max / 1000
         try:
             reply: Reply = await asyncio.wait_for(asyncio.shield(future), wait_s)
+            self.telemetry.answered(tracked, reply)
         except TimeoutError:
             raise _Refused(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -255,23 +286,32 @@ class ClientService:
             ) from None
         finally:
             self.driver.forget(request.key, future)
+            self.telemetry.forget(tracked)
         return encode(reply)
 
     # ---------------------------------------------------------------- reading
 
-    async def _lookup_accounts(self, body: bytes, caller: certs.Identity) -> bytes:
+    async def _lookup_accounts(
+        self, body: bytes, caller: certs.Identity, call: ServerCall
+    ) -> bytes:
         found = self.driver.read_model.ledger.lookup_accounts(_ids(body))
         return b"".join(encode_account(account) for account in found)
 
-    async def _lookup_transfers(self, body: bytes, caller: certs.Identity) -> bytes:
+    async def _lookup_transfers(
+        self, body: bytes, caller: certs.Identity, call: ServerCall
+    ) -> bytes:
         found = self.driver.read_model.ledger.lookup_transfers(_ids(body))
         return b"".join(encode_transfer(transfer) for transfer in found)
 
-    async def _account_transfers(self, body: bytes, caller: certs.Identity) -> bytes:
+    async def _account_transfers(
+        self, body: bytes, caller: certs.Identity, call: ServerCall
+    ) -> bytes:
         found = self.driver.read_model.ledger.get_account_transfers(_filter(body))
         return b"".join(encode_transfer(transfer) for transfer in found)
 
-    async def _account_balances(self, body: bytes, caller: certs.Identity) -> bytes:
+    async def _account_balances(
+        self, body: bytes, caller: certs.Identity, call: ServerCall
+    ) -> bytes:
         found = self.driver.read_model.ledger.get_account_balances(_filter(body))
         return b"".join(encode_balance(balance) for balance in found)
 
@@ -326,7 +366,7 @@ class ClientService:
         finally:
             self.driver.unwatch(watch)
 
-    async def _status(self, body: bytes, caller: certs.Identity) -> bytes:
+    async def _status(self, body: bytes, caller: certs.Identity, call: ServerCall) -> bytes:
         return json.dumps(status_of(self.driver), sort_keys=True).encode()
 
 

@@ -234,6 +234,10 @@ class Transport:
             except asyncio.QueueFull:
                 outbound.stats.messages_dropped += 1
 
+    def queue_depths(self) -> dict[int, int]:
+        """Messages queued for each peer (read by telemetry, from any thread)."""
+        return {peer: outbound.queue.qsize() for peer, outbound in self.peers.items()}
+
     async def _frames(self, outbound: _Outbound) -> AsyncIterator[bytes]:
         queue = outbound.queue
         while True:
