@@ -12,7 +12,8 @@ Guarantees:
 * ``decode`` is total on untrusted bytes: it returns a value or raises
   ``WireError`` naming the problem, where it sits (field path, byte offset) and
   nothing else.  Its work is linear in the input and bounded: at most
-  ``WIRE_BYTES_MAX`` bytes, ``DEPTH_MAX`` levels of nesting, ``TUPLE_ITEMS_MAX``
+  ``WIRE_BYTES_MAX`` bytes (a larger ``bytes_max`` only for what the process
+  stored itself: the WAL's checkpoints), ``DEPTH_MAX`` levels of nesting, ``TUPLE_ITEMS_MAX``
   items per tuple, ``INT_BYTES_MAX`` bytes per int.
 * Only registered types are ever built, looked up by a fixed small integer tag
   (``TYPE_TAGS``), never by a name taken from the bytes.  A field accepts only
@@ -270,10 +271,16 @@ def _schema_of(classes: tuple[type, ...]) -> _Schema:
 # ------------------------------------------------------------------ encoding
 
 
-def encode(value: object) -> bytes:
-    """The bytes of ``value``; ``WireError`` if it has none (see the module docstring)."""
+def encode(value: object, *, bytes_max: int | None = None) -> bytes:
+    """The bytes of ``value``; ``WireError`` if it has none (see the module docstring).
+
+    ``bytes_max`` (default ``WIRE_BYTES_MAX``) is for local storage only: the
+    write-ahead log keeps a checkpoint, whose snapshot grows with the ledger,
+    under a larger bound of its own.  Everything sent keeps the default."""
+    bound = WIRE_BYTES_MAX if bytes_max is None else bytes_max
+    assert 0 < bound < 1 << 32, bound  # lengths are u32
     parts: list[bytes] = [bytes((WIRE_VERSION,))]
-    size = _encode(value, _ANY, parts, 0, 1)
+    size = _encode(value, _ANY, parts, 0, 1, bound)
     assert size == sum(len(p) for p in parts)
     return b"".join(parts)
 
@@ -298,7 +305,9 @@ def _kind_of(value: object) -> int:
     return _ENUM if layout.head[0] == _ENUM else _DATACLASS
 
 
-def _encode(value: object, schema: _Schema, parts: list[bytes], depth: int, size: int) -> int:
+def _encode(
+    value: object, schema: _Schema, parts: list[bytes], depth: int, size: int, bytes_max: int
+) -> int:
     """Append ``value``'s encoding to ``parts``; return the encoded size so far."""
     kind = _kind_of(value)
     if kind not in schema.kinds or (
@@ -316,27 +325,33 @@ def _encode(value: object, schema: _Schema, parts: list[bytes], depth: int, size
     if kind in (_BYTES, _STR):
         raw = cast(bytes, value) if kind == _BYTES else _utf8(cast(str, value))
         size += 5 + len(raw)
-        if size > WIRE_BYTES_MAX:
-            raise WireError(f"encoding exceeds {WIRE_BYTES_MAX} bytes")
+        if size > bytes_max:
+            raise WireError(f"encoding exceeds {bytes_max} bytes")
         parts += (bytes((kind,)) + _U32.pack(len(raw)), raw)
         return size
     if depth >= DEPTH_MAX:
         raise WireError(f"nesting deeper than {DEPTH_MAX}")
     if kind == _TUPLE:
-        return _encode_tuple(cast(tuple[object, ...], value), schema, parts, depth, size)
+        items = cast(tuple[object, ...], value)
+        return _encode_tuple(items, schema, parts, depth, size, bytes_max)
     layout = _LAYOUTS[type(value)]
     parts.append(layout.head)
     size += len(layout.head)
     for name, field_schema in layout.fields:
         try:
-            size = _encode(getattr(value, name), field_schema, parts, depth + 1, size)
+            size = _encode(getattr(value, name), field_schema, parts, depth + 1, size, bytes_max)
         except WireError as error:
             raise error.within(f".{name}") from None
     return size
 
 
 def _encode_tuple(
-    value: tuple[object, ...], schema: _Schema, parts: list[bytes], depth: int, size: int
+    value: tuple[object, ...],
+    schema: _Schema,
+    parts: list[bytes],
+    depth: int,
+    size: int,
+    bytes_max: int,
 ) -> int:
     if len(value) > TUPLE_ITEMS_MAX:
         raise WireError(f"tuple of {len(value)} items, over the bound of {TUPLE_ITEMS_MAX}")
@@ -347,7 +362,7 @@ def _encode_tuple(
     for index, item in enumerate(value):
         item_schema = schema.fixed[index] if schema.fixed is not None else schema.items or _ANY
         try:
-            size = _encode(item, item_schema, parts, depth + 1, size)
+            size = _encode(item, item_schema, parts, depth + 1, size, bytes_max)
         except WireError as error:
             raise error.within(f"[{index}]") from None
     return size
@@ -372,25 +387,29 @@ def _utf8(value: str) -> bytes:
 
 def decode(data: bytes) -> object:
     """The value ``data`` encodes; ``WireError`` for anything else."""
-    return _decode_top(data, _ANY)
+    return _decode_top(data, _ANY, None)
 
 
 def decode_as(data: bytes, cls: type[T]) -> T:
     """Like ``decode``, but the value must be a ``cls``; anything else is a ``WireError``
     raised at its first byte, before the rest is decoded."""
-    return cast(T, _decode_top(data, _schema_of((cls,))))
+    return cast(T, _decode_top(data, _schema_of((cls,)), None))
 
 
-def decode_one_of(data: bytes, classes: tuple[type, ...]) -> object:
-    """Like ``decode_as`` for a value of one of ``classes`` (a union such as PersistRecord)."""
-    return _decode_top(data, _schema_of(classes))
+def decode_one_of(
+    data: bytes, classes: tuple[type, ...], *, bytes_max: int | None = None
+) -> object:
+    """Like ``decode_as`` for a value of one of ``classes`` (a union such as PersistRecord).
+    ``bytes_max`` as in ``encode``: larger only for what this process stored itself."""
+    return _decode_top(data, _schema_of(classes), bytes_max)
 
 
-def _decode_top(data: bytes, schema: _Schema) -> object:
+def _decode_top(data: bytes, schema: _Schema, bytes_max: int | None) -> object:
+    bound = WIRE_BYTES_MAX if bytes_max is None else bytes_max
     if type(data) is not bytes:
         raise WireError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > WIRE_BYTES_MAX:
-        raise WireError(f"{len(data)} bytes, over the bound of {WIRE_BYTES_MAX}")
+    if len(data) > bound:
+        raise WireError(f"{len(data)} bytes, over the bound of {bound}")
     if not data:
         raise WireError("empty input")
     if data[0] != WIRE_VERSION:
@@ -435,7 +454,8 @@ def _decode(data: bytes, offset: int, schema: _Schema, depth: int) -> tuple[obje
         _need(data, offset + 1, 4, "a length")
         (length,) = _U32.unpack_from(data, offset + 1)
         start = offset + 5
-        if length > WIRE_BYTES_MAX:
+        # len(data) exceeds WIRE_BYTES_MAX only under a caller's larger bound (the WAL's)
+        if length > max(WIRE_BYTES_MAX, len(data)):
             raise WireError(f"length {length} at offset {offset + 1} is over the bound")
         _need(data, start, length, f"a {_KIND_NAMES[kind]} of {length} bytes")
         raw = data[start : start + length]  # one slice, never byte by byte

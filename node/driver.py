@@ -21,6 +21,11 @@ Guarantees:
   the records after it, exactly as from the whole log (``compact_records`` says
   why); ``Persisted(upto=...)`` counts in the core's numbering, offset from the
   WAL's by ``seq_base``.
+* The ledger's growth kills no replica.  A checkpoint record is stored under the
+  WAL's own bound (``WAL_CHECKPOINT_RECORD_BYTES_MAX``, not the wire's); one over
+  even that is left out of the WAL with an error logged (``_append_batch`` says why
+  that is safe).  A catch-up answer whose checkpoint is over ``WIRE_BYTES_MAX`` is
+  not sent, with an error logged: that peer then cannot catch up from here.
 * Amnesia: when the WAL reports that acknowledged records may be lost (a damaged
   tail, a repaired log: ``Amnesia``) the replica starts *fenced* and stays fenced,
   across restarts too, until it has caught up past every promise it may have
@@ -43,7 +48,6 @@ import os
 import random
 import struct
 import time
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, assert_never
@@ -75,18 +79,19 @@ from consensus.messages import (
 )
 from consensus.mode import ModeConfig, ModeController, assemble
 from consensus.raft.core import RaftConfig
-from consensus.wire import decode_one_of, encode
+from consensus.wire import WireError, encode
 from finality.executor import LedgerExecutor
 from ledger import Ledger
 from node.config import NodeConfig
 from node.telemetry import for_driver
 from node.transport import Inbound, Transport
 from node.wal import (
-    PERSIST_RECORD_TYPES,
     WAL_BATCH_RECORDS_MAX,
-    WAL_RECORD_BYTES_MAX,
     Amnesia,
+    WalRecordTooLarge,
     WriteAheadLog,
+    decode_record,
+    encode_record,
 )
 
 TICKS_PER_ROUND_MAX: Final = 50
@@ -204,8 +209,7 @@ def encode_replay_state(records: Sequence[PersistRecord]) -> bytes:
     assert len(records) <= REPLAY_RECORDS_MAX
     parts = [_REPLAY_HEAD.pack(_REPLAY_MAGIC, len(records))]
     for record in records:
-        payload = encode(record)
-        assert len(payload) <= WAL_RECORD_BYTES_MAX  # it came out of the WAL
+        payload = encode_record(record)  # it went into the WAL: it fits
         parts += [_LENGTH.pack(len(payload)), payload]
     return b"".join(parts)
 
@@ -224,10 +228,10 @@ def decode_replay_state(state: bytes) -> list[PersistRecord]:
             raise ValueError(f"ends before record {index} of {count}")
         (length,) = _LENGTH.unpack_from(state, offset)
         offset += _LENGTH.size
-        if length > min(WAL_RECORD_BYTES_MAX, len(state) - offset):
+        if length > len(state) - offset:  # decode_record bounds it by the record's type
             raise ValueError(f"record {index} of {count}: length {length} out of bounds")
         payload = state[offset : offset + length]
-        records.append(typing.cast(PersistRecord, decode_one_of(payload, PERSIST_RECORD_TYPES)))
+        records.append(decode_record(payload))
         offset += length
     if offset != len(state):
         raise ValueError(f"{len(state) - offset} bytes after the last record")
@@ -426,6 +430,8 @@ class DriverStats:
     snapshot_bytes: int = 0  # the last snapshot's state
     fenced_inputs_dropped: int = 0
     fenced_outputs_dropped: int = 0
+    checkpoints_not_persisted: int = 0  # over WAL_CHECKPOINT_RECORD_BYTES_MAX
+    oversized_sends_dropped: int = 0  # over WIRE_BYTES_MAX (a catch-up answer's checkpoint)
 
 
 class Driver:
@@ -589,13 +595,43 @@ class Driver:
         for start in range(0, len(records), WAL_BATCH_RECORDS_MAX):
             batch = records[start : start + WAL_BATCH_RECORDS_MAX]
             started_s = time.perf_counter()
-            last = self.wal.append(batch)
+            last, batch = self._append_batch(batch)
             self.telemetry.wal_appended(time.perf_counter() - started_s, len(batch))
             self._replay += batch
             self._records_since_snapshot += len(batch)
             self.stats.wal_batches += 1
         self.stats.wal_records += len(records)
         return last
+
+    def _append_batch(self, batch: list[PersistRecord]) -> tuple[int, list[PersistRecord]]:
+        """Append one batch; a checkpoint too large for the WAL is left out (with an
+        error logged) rather than kill the replica.  Returns the last seq and the batch
+        as appended.
+
+        Leaving one out is safe: the core keeps the checkpoint in memory, and a replay
+        without it starts from the previous checkpoint (or genesis) and applies the
+        decided records above it, all of which stay in the log (compaction keeps every
+        decided record above the highest checkpoint the log holds).  ``seq_base`` moves
+        so that the core's persist counter still maps onto the WAL's sequence."""
+        for _ in range(len(batch) + 1):  # each retry drops one record
+            try:
+                return self.wal.append(batch), batch
+            except WalRecordTooLarge as error:
+                record = batch[error.index]
+                if not isinstance(record, CheckpointRecord):
+                    raise
+                log.error(
+                    "replica %d: checkpoint h%d is too large for the WAL (%s; the bound is "
+                    "WAL_CHECKPOINT_RECORD_BYTES_MAX): not persisted, a restart replays from "
+                    "the previous checkpoint",
+                    self.config.replica_id,
+                    record.checkpoint.height,
+                    error,
+                )
+                batch = batch[: error.index] + batch[error.index + 1 :]
+                self.seq_base -= 1
+                self.stats.checkpoints_not_persisted += 1
+        raise AssertionError("unreachable: every retry drops a record")
 
     # ---------------------------------------------------------------- snapshots
 
@@ -656,7 +692,26 @@ class Driver:
                 if fenced and not isinstance(send.message, FENCED_OUTPUTS):
                     self.stats.fenced_outputs_dropped += 1
                     continue
-                transport.send(send.to, encode(send.message))
+                try:
+                    payload = encode(send.message)
+                except WireError as error:
+                    # A catch-up answer carries the whole checkpoint snapshot, which grows
+                    # with the ledger; past the wire bound it cannot be sent at all
+                    # (chunked state transfer is not built yet).  Our own state growing
+                    # must not kill the replica: drop the answer, say why, go on.
+                    if not isinstance(send.message, Blocks):
+                        raise
+                    self.stats.oversized_sends_dropped += 1
+                    log.error(
+                        "replica %d: catch-up answer to %s not sent: %s (the bound is "
+                        "WIRE_BYTES_MAX); that peer cannot catch up by state transfer "
+                        "from this replica",
+                        self.config.replica_id,
+                        send.to,
+                        error,
+                    )
+                    continue
+                transport.send(send.to, payload)
             for decided in part.decided:
                 self.stats.blocks_decided += 1
                 self.read_model.apply(decided, self.core.bft)

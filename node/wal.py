@@ -37,7 +37,12 @@ Guarantees:
   replay.  Recovery = the newest valid snapshot + replay of later records.
 * Bounded: a record over ``record_bytes_max`` or a batch over
   ``batch_records_max`` is refused with ``WalError`` before anything is
-  written; a segment is closed once it passes ``segment_bytes_target``.
+  written; a segment is closed once it passes ``segment_bytes_target``.  A
+  ``CheckpointRecord`` carries a ledger snapshot that grows with the ledger:
+  it alone is bounded by ``WAL_CHECKPOINT_RECORD_BYTES_MAX`` instead (encoded
+  and decoded with that bound, ``encode_record``/``decode_record``), and one
+  over it is refused with ``WalRecordTooLarge`` so the caller can go on
+  without it.  What peers and clients send keeps ``WIRE_BYTES_MAX``.
 * One process at a time: an exclusive ``flock`` on the directory's lock file.
 
 It does not guarantee what no checksum can: damage to the last acknowledged
@@ -51,7 +56,7 @@ unknown, so the process must reopen it.
 Format.  Segment files ``wal-<first sequence, 20 digits>.log`` hold frames:
 a 32-byte header (magic ``AWR1``, payload length u32, sequence u64, index in
 the batch u32, batch length u32, payload CRC u32, then the CRC of those 28
-bytes), then the payload, ``consensus.wire.encode(record)``.  Checksums are
+bytes), then the payload, ``encode_record(record)`` (``consensus.wire``).  Checksums are
 CRC-32 (``zlib.crc32``, the ISO-HDLC/gzip polynomial), not CRC-32C, which the
 standard library lacks.  Snapshot files ``snapshot-<sequence>.snap``: a
 32-byte header (magic ``AEGSNAP1``, covered sequence u64, state length u64,
@@ -74,10 +79,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from consensus.effects import PersistRecord
+from consensus.effects import CheckpointRecord, PersistRecord
 from consensus.wire import WIRE_BYTES_MAX, WireError, decode_one_of, encode
 
 WAL_RECORD_BYTES_MAX: Final = WIRE_BYTES_MAX  # one encoded record (a 64-request block fits)
+# One CheckpointRecord: its snapshot is about 128 bytes per transfer, so 64 MiB is
+# passed near 520,000 transfers; 1 GiB lasts to about 8 million.  Frame lengths are
+# u32.  Read when called, so tests can lower it.
+WAL_CHECKPOINT_RECORD_BYTES_MAX: Final = 1024 * 1024 * 1024
 WAL_BATCH_RECORDS_MAX: Final = 65_536
 SEGMENT_BYTES_TARGET: Final = 64 * 1024 * 1024
 SNAPSHOT_BYTES_MAX: Final = 16 * 1024 * 1024 * 1024
@@ -105,6 +114,14 @@ _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # size is
 
 class WalError(Exception):
     """The log cannot do what was asked: a record too large, a failed disk, a locked log."""
+
+
+class WalRecordTooLarge(WalError):
+    """A record over its bound, refused before anything was written: ``index`` in the batch."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class WalCorruption(WalError):
@@ -211,6 +228,26 @@ class RecoveryReport:
         return lines
 
 
+# ------------------------------------------------------------------ records
+
+
+def encode_record(record: PersistRecord) -> bytes:
+    """A record as the WAL stores it: a checkpoint under its own, larger bound."""
+    if isinstance(record, CheckpointRecord):
+        return encode(record, bytes_max=WAL_CHECKPOINT_RECORD_BYTES_MAX)
+    return encode(record)
+
+
+def decode_record(payload: bytes) -> PersistRecord:
+    """The record ``encode_record`` stored; ``WireError`` for anything else.  Only a
+    checkpoint may be over ``WAL_RECORD_BYTES_MAX`` (and ``WIRE_BYTES_MAX``)."""
+    bytes_max = WAL_CHECKPOINT_RECORD_BYTES_MAX
+    record = decode_one_of(payload, PERSIST_RECORD_TYPES, bytes_max=bytes_max)
+    if not isinstance(record, CheckpointRecord) and len(payload) > WAL_RECORD_BYTES_MAX:
+        raise WireError(f"a {type(record).__name__} of {len(payload)} bytes, over the bound")
+    return typing.cast(PersistRecord, record)
+
+
 # ------------------------------------------------------------------ frames
 
 
@@ -229,7 +266,7 @@ class _Frame:
 
 def frame(seq: int, index: int, count: int, payload: bytes) -> tuple[bytes, bytes]:
     """(header, payload) of one record as stored; exposed for tests that forge files."""
-    assert 0 <= index < count and len(payload) <= WAL_RECORD_BYTES_MAX
+    assert 0 <= index < count and len(payload) <= WAL_CHECKPOINT_RECORD_BYTES_MAX
     head = _FRAME.pack(_FRAME_MAGIC, len(payload), seq, index, count, zlib.crc32(payload))
     return head + _CRC.pack(zlib.crc32(head)), payload
 
@@ -245,7 +282,7 @@ def _parse_frame(data: bytes, offset: int) -> _Frame | str:
     (header_crc,) = _CRC.unpack_from(data, offset + _FRAME.size)
     if zlib.crc32(data[offset : offset + _FRAME.size]) != header_crc:
         return "header checksum mismatch"
-    if size > WAL_RECORD_BYTES_MAX or not index < count <= WAL_BATCH_RECORDS_MAX:
+    if size > WAL_CHECKPOINT_RECORD_BYTES_MAX or not index < count <= WAL_BATCH_RECORDS_MAX:
         return "header out of bounds"
     start = offset + HEADER_BYTES
     if size > len(data) - start:
@@ -293,9 +330,7 @@ def _scan(data: bytes, first_seq: int) -> _Scan:
             damage = f"record {parsed.index} of a batch of {parsed.count} out of place"
         else:
             try:
-                record = typing.cast(
-                    PersistRecord, decode_one_of(parsed.payload, PERSIST_RECORD_TYPES)
-                )
+                record = decode_record(parsed.payload)
             except WireError as error:
                 damage = f"undecodable record {parsed.seq}: {error}"
                 continue
@@ -573,11 +608,15 @@ class WriteAheadLog:
     def _payload(self, index: int, record: PersistRecord) -> bytes:
         if not isinstance(record, PERSIST_RECORD_TYPES):
             raise WalError(f"record {index} is a {type(record).__name__}, not a persist record")
+        checkpoint = isinstance(record, CheckpointRecord)
         try:
-            payload = encode(record)
+            payload = encode_record(record)
         except WireError as error:
-            raise WalError(f"record {index} ({type(record).__name__}): {error}") from error
-        if len(payload) > self._options.record_bytes_max:
+            message = f"record {index} ({type(record).__name__}): {error}"
+            if checkpoint and error.reason.startswith("encoding exceeds"):
+                raise WalRecordTooLarge(index, message) from error
+            raise WalError(message) from error
+        if not checkpoint and len(payload) > self._options.record_bytes_max:
             raise WalError(
                 f"record {index} ({type(record).__name__}) is {len(payload)} bytes, "
                 f"over the bound of {self._options.record_bytes_max}"

@@ -1,0 +1,150 @@
+"""A ledger whose checkpoint snapshot outgrows the wire bound, with the real driver.
+
+The bounds are lowered (``WIRE_BYTES_MAX`` to 24 KiB: a snapshot is about 128 bytes
+per transfer) so that a few hundred transfers do what 520,000 do at the real bound.
+
+* A checkpoint over ``WIRE_BYTES_MAX`` goes into the WAL under its own bound
+  (``WAL_CHECKPOINT_RECORD_BYTES_MAX``); no replica dies, and a restart recovers the
+  very cores a replay of the whole log gives.
+* A checkpoint over the WAL's bound too is left out of the WAL with an error logged;
+  no replica dies, and a restart replays from the previous checkpoint to the same state.
+* A catch-up answer whose checkpoint is over the wire bound is not sent (logged);
+  the answering replicas go on.  (The lagging replica cannot catch up that way:
+  chunked state transfer is not built.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from consensus import wire
+from consensus.effects import CheckpointRecord, PersistRecord
+from consensus.messages import Finality, Request
+from node import wal as wal_module
+from node.config import Tuning, init_cluster
+from node.driver import Driver, build_core
+from tests.node.test_driver import MemoryLinks, _accounts, _configs, _open, _run, _transfers
+from tests.node.test_recovery import fingerprint
+
+WIRE_BYTES_MAX_LOWERED = 24 * 1024
+REQUESTS = 40  # 10 transfers each: the snapshot passes 24 KiB near request 20
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(wire, "WIRE_BYTES_MAX", WIRE_BYTES_MAX_LOWERED)
+    init_cluster(tmp_path / "c", replicas=4, tuning=Tuning(checkpoint_interval=2))
+    return tmp_path / "c"
+
+
+def _workload(cluster: Path, first: int, end: int) -> list[Request]:
+    head = [_accounts(cluster)] if first == 1 else []
+    return head + [_transfers(cluster, n) for n in range(max(first, 2), end)]
+
+
+def _durable(links: MemoryLinks, replica: int) -> list[PersistRecord]:
+    return [r for kind, i, batch in links.events if kind == "durable" and i == replica
+            for r in batch]  # fmt: skip
+
+
+def _big_checkpoints(records: list[PersistRecord]) -> list[int]:
+    return [
+        r.checkpoint.height
+        for r in records
+        if isinstance(r, CheckpointRecord) and len(r.checkpoint.snapshot) > WIRE_BYTES_MAX_LOWERED
+    ]
+
+
+def test_checkpoints_over_the_wire_bound_are_logged_and_recovered(cluster: Path) -> None:
+    links = MemoryLinks()
+    drivers = _open(cluster, links)
+    asyncio.run(_run(drivers, _workload(cluster, 1, REQUESTS)))  # raises if a driver died
+    logs = {i: _durable(links, i) for i in range(4)}
+    assert all(len(_big_checkpoints(logs[i])) >= 3 for i in range(4)), "not past the bound"
+    assert {d.core.bft.sm.state_hash() for d in drivers} == {drivers[0].core.bft.sm.state_hash()}
+    assert all(d.stats.checkpoints_not_persisted == 0 for d in drivers)
+    assert all(d.stats.wal_snapshots > 0 for d in drivers)  # snapshots hold big checkpoints
+
+    # Restart: from the newest snapshot (which holds a big checkpoint) and the tail.
+    links = MemoryLinks()
+    reopened = _open(cluster, links)
+    for driver, config in zip(reopened, _configs(cluster), strict=True):
+        whole = build_core(config, logs[config.replica_id], 0, random.Random(0))
+        assert fingerprint(driver.core) == fingerprint(whole)
+        assert len(driver.core.bft.base_snapshot) > WIRE_BYTES_MAX_LOWERED
+    asyncio.run(_run(reopened, _workload(cluster, REQUESTS, REQUESTS + 6)))
+    assert all(d.core.bft.decided_height >= drivers[0].core.bft.decided_height + 5
+               for d in reopened)  # fmt: skip
+
+
+def test_a_checkpoint_over_the_wal_bound_is_left_out_and_the_replica_goes_on(
+    cluster: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(wal_module, "WAL_CHECKPOINT_RECORD_BYTES_MAX", WIRE_BYTES_MAX_LOWERED)
+    links = MemoryLinks()
+    drivers = _open(cluster, links)
+    asyncio.run(_run(drivers, _workload(cluster, 1, REQUESTS)))  # raises if a driver died
+    assert all(d.stats.checkpoints_not_persisted >= 3 for d in drivers)
+    assert "too large for the WAL" in caplog.text
+    assert "WAL_CHECKPOINT_RECORD_BYTES_MAX" in caplog.text
+    for i in range(4):
+        logged = _durable(links, i)
+        assert not _big_checkpoints(logged)
+        assert any(isinstance(r, CheckpointRecord) for r in logged)  # the small ones
+
+    links = MemoryLinks()
+    reopened = _open(cluster, links)
+    for before, after in zip(drivers, reopened, strict=True):
+        assert after.core.bft.decided_height == before.core.bft.decided_height
+        assert after.core.bft.sm.state_hash() == before.core.bft.sm.state_hash()
+        assert after.core.bft.last_header == before.core.bft.last_header
+        assert after.core.bft.base_height < before.core.bft.base_height  # an older checkpoint
+    asyncio.run(_run(reopened, _workload(cluster, REQUESTS, REQUESTS + 6)))
+    assert len({d.core.bft.sm.state_hash() for d in reopened}) == 1
+
+
+async def _run_three_then_four(drivers: list[Driver], requests: list[Request]) -> None:
+    """Replicas 0..2 decide ``requests`` while replica 3 is away, then replica 3 joins
+    and asks them to catch it up."""
+    late = drivers[3]
+    tasks = [asyncio.create_task(d.run()) for d in drivers[:3]]
+    try:
+        for request in requests:
+            target = drivers[request.request_number % 3]
+            await asyncio.wait_for(target.submit(request, Finality.FINAL), 20)
+        tasks.append(asyncio.create_task(late.run()))
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if any(d.stats.oversized_sends_dropped for d in drivers[:3]):
+                break
+        await asyncio.sleep(0.2)  # the answering replicas go on after dropping
+    finally:
+        for driver in drivers:
+            driver.stop()
+        await asyncio.gather(*tasks)  # raises if a driver died
+        for driver in drivers:
+            driver.wal.close()
+
+
+def test_a_catch_up_answer_over_the_wire_bound_is_dropped_not_fatal(
+    cluster: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    links = MemoryLinks()
+    drivers = _open(cluster, links)
+    late = links.drivers.pop(3)  # away: nothing reaches it until it runs
+    run_late = late.run
+
+    async def run_attached() -> None:
+        links.drivers[3] = late
+        await run_late()
+
+    late.run = run_attached  # type: ignore[method-assign]
+    asyncio.run(_run_three_then_four(drivers, _workload(cluster, 1, REQUESTS)))
+    assert sum(d.stats.oversized_sends_dropped for d in drivers[:3]) > 0
+    assert "catch-up answer to 3 not sent" in caplog.text
+    assert "WIRE_BYTES_MAX" in caplog.text
+    assert late.core.bft.decided_height < drivers[0].core.bft.decided_height  # what is left
