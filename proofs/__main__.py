@@ -19,9 +19,10 @@ def _describe(model: Model) -> str:
 def _line(model: Model, outcome: Outcome) -> str:
     mark = "ok  " if outcome.meets(model) else "FAIL"
     states = f"{outcome.distinct_states:,}" if outcome.distinct_states is not None else "?"
+    what = "states checked in random behaviours" if model.simulate else "distinct states"
     trace = f", trace of {outcome.trace_states} states" if outcome.trace_states else ""
     return (
-        f"{mark} {model.name:30} {outcome.verdict:22} {states:>11} distinct states, "
+        f"{mark} {model.name:30} {outcome.verdict:22} {states:>11} {what}, "
         f"{outcome.seconds:6.1f}s{trace}"
     )
 

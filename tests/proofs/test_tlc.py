@@ -45,7 +45,7 @@ def test_the_mutation_alone_causes_the_violation(model: tlc.Model, tmp_path: Pat
     assert undone != text, f"{model.name} mutates nothing"
     config = tmp_path / model.config.name
     config.write_text(undone)
-    outcome = tlc.run_tlc(tlc.PROOFS / f"{model.spec}.tla", config)
+    outcome = tlc.run_tlc(tlc.PROOFS / f"{model.spec}.tla", config, simulate=model.undone_simulate)
     assert outcome.verdict == "ok", outcome.output[-3000:]
 
 
@@ -68,3 +68,20 @@ def test_an_unexpected_deadlock_is_reported(tmp_path: Path) -> None:
     config.write_text("INIT Init\nNEXT Next\n")
     assert tlc.run_tlc(spec, config, deadlock=True).verdict == "deadlock"
     assert tlc.run_tlc(spec, config).verdict == "ok"
+
+
+def test_a_simulation_reports_a_clean_run_and_a_violation(tmp_path: Path) -> None:
+    """Simulation mode (the Fallback samples) ends 'ok' only when no behaviour broke an
+    invariant, and reports the violated one with its trace otherwise."""
+    spec = tmp_path / "Count.tla"
+    spec.write_text(
+        "---- MODULE Count ----\nEXTENDS Naturals\nVARIABLE x\nInit == x = 0\n"
+        "Next == x < 6 /\\ x' = x + 1\nSmall == x < 10\nTiny == x < 4\n====\n"
+    )
+    config = tmp_path / "Count.cfg"
+    config.write_text("INIT Init\nNEXT Next\nINVARIANT Small\n")
+    clean = tlc.run_tlc(spec, config, simulate=50)
+    assert clean.verdict == "ok", clean.output
+    config.write_text("INIT Init\nNEXT Next\nINVARIANT Tiny\n")
+    broken = tlc.run_tlc(spec, config, simulate=50)
+    assert broken.verdict == "violated:Tiny" and broken.trace_states == 5, broken.output
