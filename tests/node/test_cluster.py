@@ -58,6 +58,18 @@ def _eventually(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.1)
 
 
+def _until_agreed(client: Client) -> None:
+    """Until all four replicas report one FINAL height and one state hash."""
+
+    def agreed() -> bool:
+        statuses = [_status(client, i) for i in range(4)]
+        heights = {s.get("final_height") for s in statuses}
+        hashes = {s.get("state_hash") for s in statuses}
+        return len(heights) == 1 and None not in heights and len(hashes) == 1
+
+    _eventually(agreed, "all four replicas at one height with one state hash")
+
+
 def _status(client: Client, replica: int) -> dict[str, object]:
     try:
         return client.status(replica)
@@ -129,13 +141,7 @@ def test_four_processes_agree_survive_a_crash_and_stop_cleanly(cluster: Path) ->
         assert client.create_transfers(late).codes == (0,)
         processes[3] = _start(cluster, 3)  # recovers from its WAL, catches up from peers
 
-        def agreed() -> bool:
-            statuses = [_status(client, i) for i in range(4)]
-            heights = {s.get("final_height") for s in statuses}
-            hashes = {s.get("state_hash") for s in statuses}
-            return len(heights) == 1 and None not in heights and len(hashes) == 1
-
-        _eventually(agreed, "all four replicas at one height with one state hash")
+        _until_agreed(client)
         balances = [client.lookup_accounts(list(range(1, 9)), replica=i) for i in range(4)]
         assert balances[0] == balances[1] == balances[2] == balances[3]
         debits = {a.id: a.debits_posted for a in balances[0]}

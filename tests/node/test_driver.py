@@ -98,6 +98,20 @@ def _open(cluster: Path, links: MemoryLinks) -> list[Driver]:
     return drivers
 
 
+async def _until_decided(drivers: list[Driver], height: int) -> None:
+    """Until every replica has decided ``height`` (the caller's deadline bounds it)."""
+    while min(d.core.bft.decided_height for d in drivers) < height:
+        await asyncio.sleep(0.01)
+
+
+async def _stop(drivers: list[Driver], tasks: list[asyncio.Task[None]]) -> None:
+    for driver in drivers:
+        driver.stop()
+    await asyncio.gather(*tasks)
+    for driver in drivers:
+        driver.wal.close()
+
+
 async def _run(drivers: list[Driver], requests: list[Request]) -> list[Reply]:
     tasks = [asyncio.create_task(d.run()) for d in drivers]
     replies = []
@@ -106,15 +120,9 @@ async def _run(drivers: list[Driver], requests: list[Request]) -> list[Reply]:
             future = drivers[request.request_number % 4].submit(request, Finality.FINAL)
             replies.append(await asyncio.wait_for(future, 20))
         # Let every replica decide the last block before stopping.
-        height = replies[-1].header.height
-        while min(d.core.bft.decided_height for d in drivers) < height:
-            await asyncio.sleep(0.01)
+        await _until_decided(drivers, replies[-1].header.height)
     finally:
-        for driver in drivers:
-            driver.stop()
-        await asyncio.gather(*tasks)
-        for driver in drivers:
-            driver.wal.close()
+        await _stop(drivers, tasks)
     return replies
 
 

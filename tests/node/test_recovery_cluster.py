@@ -21,7 +21,14 @@ from pathlib import Path
 
 from ledger import Account, Transfer
 from node.client import Client, ClientError
-from tests.node.test_cluster import _eventually, _replicas, _start, _status, cluster
+from tests.node.test_cluster import (
+    _eventually,
+    _replicas,
+    _start,
+    _status,
+    _until_agreed,
+    cluster,
+)
 
 __all__ = ["cluster"]  # the fixture, shared with test_cluster
 
@@ -98,13 +105,7 @@ def _caught_up(client: Client, replica: int) -> None:
 
 
 def _agreed_and_nothing_lost(client: Client, load: Load) -> None:
-    def agreed() -> bool:
-        statuses = [_status(client, i) for i in range(4)]
-        heights = {s.get("final_height") for s in statuses}
-        hashes = {s.get("state_hash") for s in statuses}
-        return len(heights) == 1 and None not in heights and len(hashes) == 1
-
-    _eventually(agreed, "all four replicas at one height with one state hash")
+    _until_agreed(client)
     ids = load.acknowledged
     assert ids, "the load got nothing acknowledged"
     for replica in range(4):

@@ -34,7 +34,16 @@ from node.config import NodeConfig, Tuning, init_cluster, load_node_config
 from node.driver import Driver, Fence, build_core
 from node.replica import StartError, open_wal
 from node.wal import WriteAheadLog
-from tests.node.test_driver import MemoryLinks, _accounts, _configs, _open, _run, _transfers
+from tests.node.test_driver import (
+    MemoryLinks,
+    _accounts,
+    _configs,
+    _open,
+    _run,
+    _stop,
+    _transfers,
+    _until_decided,
+)
 from tests.node.test_recovery import fingerprint
 
 CHECKPOINT_INTERVAL = 2
@@ -181,15 +190,9 @@ async def _traffic_until_the_fence_lifts(
             number += 1
             replies.append(await asyncio.wait_for(future, 20))
             after_lift += fenced.fence is None
-        height = replies[-1].header.height
-        while min(d.core.bft.decided_height for d in drivers) < height:
-            await asyncio.sleep(0.01)
+        await _until_decided(drivers, replies[-1].header.height)
     finally:
-        for driver in drivers:
-            driver.stop()
-        await asyncio.gather(*tasks)
-        for driver in drivers:
-            driver.wal.close()
+        await _stop(drivers, tasks)
     return replies
 
 
