@@ -20,6 +20,11 @@ Guarantees:
   provider given, else OpenTelemetry's global one (a no-op until the application
   configures an SDK); its W3C ``traceparent`` goes in the gRPC metadata of every
   attempt, so the replicas' SERVER spans join the same trace (``node.telemetry``).
+
+The pure parts (request building and signing, answer and certificate checks, the
+retry order, error mapping, the PROVISIONAL tally) are module-level functions and
+small classes shared with the asyncio client, ``node.aclient.AsyncClient``; the
+classes here and there only do IO.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 import grpc
+import grpc.aio
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind
 
@@ -81,6 +87,8 @@ RETRYABLE: Final = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+RETRY_ROUNDS: Final = 2  # each replica is asked at most this many times per call
+BALANCE_BYTES: Final = 128
 
 
 class ClientError(Exception):
@@ -108,6 +116,246 @@ class Answer:
         return self.header.height
 
 
+# ------------------------------------------------------------------ shared, no IO
+
+
+def create_method(operation: int) -> str:
+    return "CreateAccounts" if operation == OP_CREATE_ACCOUNTS else "CreateTransfers"
+
+
+def create_body(request: Request, level: Finality) -> bytes:
+    """The body of a create call: the level to wait for, then the signed request."""
+    return bytes((level,)) + encode(request)
+
+
+def checked_level(level: Finality) -> Finality:
+    if level not in (Finality.PROVISIONAL, Finality.FINAL):
+        raise ClientError(f"cannot wait for {level.name}: not reachable yet")
+    return level
+
+
+def lookup_body(ids: Sequence[int]) -> bytes:
+    if not 1 <= len(ids) <= BATCH_EVENTS_MAX:
+        raise ValueError(f"look up 1..{BATCH_EVENTS_MAX} ids at a time")
+    return b"".join(i.to_bytes(ID_BYTES, "little") for i in ids)
+
+
+def decode_balances(data: bytes) -> list[AccountBalance]:
+    return [
+        decode_balance(data[i : i + BALANCE_BYTES], i // BALANCE_BYTES)
+        for i in range(0, len(data), BALANCE_BYTES)
+    ]
+
+
+def decode_status(data: bytes) -> dict[str, object]:
+    status = json.loads(data)
+    assert isinstance(status, dict)
+    return status
+
+
+def retry_order(preferred: int, count: int) -> Iterator[int]:
+    """Which replica each attempt asks: the last one that answered first, then the
+    next ones in turn, so a call follows a leader change or a crashed replica."""
+    assert 0 <= preferred < count
+    return ((preferred + attempt) % count for attempt in range(RETRY_ROUNDS * count))
+
+
+def note_failure(error: ClientError, failures: list[str]) -> None:
+    """Remember a retryable failure; re-raise one that a retry cannot cure."""
+    if error.code not in RETRYABLE:
+        raise error
+    failures.append(str(error))
+
+
+def no_replica_answered(failures: Sequence[str], count: int) -> ClientError:
+    return ClientError("no replica answered: " + "; ".join(failures[-count:]),
+                       grpc.StatusCode.UNAVAILABLE)  # fmt: skip
+
+
+def call_error(error: grpc.RpcError, replica: int, method: str) -> ClientError:
+    """A failed gRPC call (blocking or asyncio) as a ``ClientError`` naming the replica."""
+    code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+    details = error.details() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+    return ClientError(f"replica {replica}: {method}: {details or error}", code)
+
+
+def trace_metadata() -> Metadata:
+    """The current trace context as gRPC metadata (W3C ``traceparent``; empty if none)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
+def create_span(
+    tracer: trace.Tracer, request: Request, level: Finality
+) -> AbstractContextManager[Span]:
+    """The CLIENT span of one create call, current while it runs (so it is injected)."""
+    method = create_method(request.operation)
+    return tracer.start_as_current_span(
+        f"{LEDGER_SERVICE}/{method}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": LEDGER_SERVICE,
+            "rpc.method": method,
+            "aegis.client.id": request.client_id,
+            "aegis.request.number": request.request_number,
+            "aegis.request.transfers": request.events,
+            "aegis.finality.wanted": level.name,
+        },
+    )
+
+
+def annotate(span: Span, answer: Answer) -> None:
+    span.set_attributes({
+        "aegis.replica.id": answer.replica,
+        "aegis.finality": answer.level.name,
+        "aegis.block.height": answer.height,
+        "aegis.block.digest": answer.header.digest.hex(),
+    })  # fmt: skip
+
+
+class Signing:
+    """Builds a client's signed requests; numbers start at the wall clock in ns and
+    strictly increase, so a restarted client never reuses one."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.client_id = config.client_id
+        self.signer = Ed25519Signer(config.signing_key)
+        self.last_number = 0
+
+    def request(self, operation: int, records: bytes, now_ns: int) -> Request:
+        self.last_number = max(self.last_number + 1, now_ns)
+        unsigned = Request(
+            client_id=self.client_id,
+            request_number=self.last_number,
+            transfers=records,
+            operation=operation,
+        )
+        return dataclasses.replace(unsigned, signature=self.signer.sign(canonical(unsigned)))
+
+
+class Checker:
+    """Checks replicas' answers: commit certificates against the replicas' public keys,
+    results against headers, streamed blocks against their parents."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.verifier = Ed25519Verifier({p.id: p.public_key for p in config.replicas})
+        self.replica_count = len(config.replicas)
+
+    @property
+    def provisional_needed(self) -> int:
+        """f + 1: at least one of that many matching answers is from an honest replica."""
+        return (self.replica_count - 1) // 3 + 1
+
+    def _verifies(self, certificate: Certificate | None, digest: bytes) -> bool:
+        return (
+            certificate is not None
+            and certificate.digest == digest
+            and certificates.verify(certificate, self.verifier, self.replica_count)
+        )
+
+    def reply(self, request: Request, level: Finality, replica: int, data: bytes) -> Answer:
+        try:
+            reply = decode_as(data, Reply)
+        except WireError as error:
+            raise ClientError(f"replica {replica} answered garbage: {error}") from None
+        if digest_of(reply.results) != reply.header.results_hash:
+            raise ClientError(f"replica {replica}: the results do not match the block header")
+        if reply.level < level:
+            raise ClientError(f"replica {replica} answered {reply.level.name}, not {level.name}")
+        if reply.level == Finality.FINAL and not self._verifies(
+            reply.certificate, reply.header.digest
+        ):
+            raise ClientError(f"replica {replica}: the commit certificate does not verify")
+        for client, number, codes in reply.results:
+            if (client, number) == request.key:
+                if len(codes) != request.events:
+                    raise ClientError(f"replica {replica}: {len(codes)} codes for "
+                                      f"{request.events} events")  # fmt: skip
+                return Answer(
+                    codes=tuple(codes),
+                    level=reply.level,
+                    header=reply.header,
+                    certificate=reply.certificate,
+                    replica=replica,
+                    request_number=request.request_number,
+                    request=request,
+                )
+        raise ClientError(f"replica {replica}: the answer holds no result for {request.key}")
+
+    def block(self, replica: int, data: bytes, previous: BlockHeader | None) -> DecidedBlock:
+        try:
+            decided = decode_as(data, DecidedBlock)
+        except WireError as error:
+            raise ClientError(f"replica {replica} streamed garbage: {error}") from None
+        block = decided.block
+        header = block.header
+        if not self._verifies(decided.certificate, block.digest):
+            raise ClientError(f"replica {replica}: h{header.height} has no valid certificate")
+        problem = body_problem(block, lambda request: True)  # other clients' keys: unknown
+        if problem is not None:
+            raise ClientError(f"replica {replica}: h{header.height}: {problem}")
+        if previous is not None and (
+            header.height != previous.height + 1 or header.parent_hash != previous.digest
+        ):
+            raise ClientError(f"replica {replica}: h{header.height} does not follow "
+                              f"h{previous.height}")  # fmt: skip
+        return decided
+
+
+class ProvisionalTally:
+    """Answers to a PROVISIONAL create call sent to every replica: done at the first
+    FINAL answer (its certificate alone proves it) or at f + 1 PROVISIONAL answers for
+    one block with the same codes."""
+
+    def __init__(self, checker: Checker, request: Request) -> None:
+        self.checker = checker
+        self.request = request
+        self.votes: dict[tuple[bytes, tuple[int, ...]], int] = {}
+        self.failures: list[str] = []
+
+    def add(self, replica: int, outcome: bytes | BaseException) -> Answer | None:
+        """The accepted answer once there is one, else None."""
+        if isinstance(outcome, grpc.RpcError):
+            outcome = call_error(outcome, replica, create_method(self.request.operation))
+        if isinstance(outcome, BaseException):
+            self.failures.append(str(outcome))
+            return None
+        try:
+            answer = self.checker.reply(self.request, Finality.PROVISIONAL, replica, outcome)
+        except ClientError as error:
+            self.failures.append(str(error))
+            return None
+        if answer.level == Finality.FINAL:
+            return answer
+        key = (answer.header.digest, answer.codes)
+        self.votes[key] = self.votes.get(key, 0) + 1
+        return answer if self.votes[key] == self.checker.provisional_needed else None
+
+    def failed(self) -> ClientError:
+        return ClientError(
+            f"no FINAL answer and no {self.checker.provisional_needed} matching PROVISIONAL "
+            f"ones: {'; '.join(self.failures)}",
+            grpc.StatusCode.UNAVAILABLE,
+        )
+
+
+def channel_options(replica: int) -> list[tuple[str, int | str]]:
+    return [
+        ("grpc.ssl_target_name_override", certs.server_name(replica)),
+        ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+        ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+    ]
+
+
+def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(config.tls.ca_cert, config.tls.key, config.tls.cert)
+
+
+# ------------------------------------------------------------------ the blocking client
+
+
 class Client:
     def __init__(
         self,
@@ -118,25 +366,14 @@ class Client:
         self.config = config
         self.timeout_s = timeout_s
         self.tracer = trace.get_tracer("aegis.client", tracer_provider=tracer_provider)
-        self.signer = Ed25519Signer(config.signing_key)
-        self.verifier = Ed25519Verifier({p.id: p.public_key for p in config.replicas})
-        credentials = grpc.ssl_channel_credentials(
-            config.tls.ca_cert, config.tls.key, config.tls.cert
-        )
+        self.signing = Signing(config)
+        self.checker = Checker(config)
+        credentials = channel_credentials(config)
         self.channels = [
-            grpc.secure_channel(
-                peer.address,
-                credentials,
-                options=[
-                    ("grpc.ssl_target_name_override", certs.server_name(peer.id)),
-                    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
-                    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
-                ],
-            )
+            grpc.secure_channel(peer.address, credentials, options=channel_options(peer.id))
             for peer in config.replicas
         ]
         self._lock = threading.Lock()
-        self._last_number = 0
         self._preferred = 0
 
     @classmethod
@@ -166,44 +403,16 @@ class Client:
         return self._create(OP_TRANSFERS, encode_transfers(transfers), level)
 
     def _create(self, operation: int, records: bytes, level: Finality) -> Answer:
-        if level not in (Finality.PROVISIONAL, Finality.FINAL):
-            raise ClientError(f"cannot wait for {level.name}: not reachable yet")
+        checked_level(level)
         with self._lock:
-            self._last_number = max(self._last_number + 1, time.time_ns())
-            unsigned = Request(
-                client_id=self.config.client_id,
-                request_number=self._last_number,
-                transfers=records,
-                operation=operation,
-            )
-            request = dataclasses.replace(unsigned, signature=self.signer.sign(canonical(unsigned)))
-            method = "CreateAccounts" if operation == OP_CREATE_ACCOUNTS else "CreateTransfers"
-            body = bytes((level,)) + encode(request)
-            with self._span(method, request, level) as span:
-                metadata = _trace_metadata()
+            request = self.signing.request(operation, records, time.time_ns())
+            with create_span(self.tracer, request, level) as span:
                 if level == Finality.PROVISIONAL:
-                    answer = self._provisional(request, method, body, metadata)
+                    answer = self._provisional(request, trace_metadata())
                 else:
-                    replica, data = self._call_any(LEDGER_SERVICE, method, body, metadata)
-                    answer = self._checked(request, level, replica, data)
-                _annotate(span, answer)
+                    answer = self._final(request)
+                annotate(span, answer)
                 return answer
-
-    def _span(self, method: str, request: Request, level: Finality) -> AbstractContextManager[Span]:
-        """The CLIENT span of one create call, current while it runs (so it is injected)."""
-        return self.tracer.start_as_current_span(
-            f"{LEDGER_SERVICE}/{method}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": LEDGER_SERVICE,
-                "rpc.method": method,
-                "aegis.client.id": request.client_id,
-                "aegis.request.number": request.request_number,
-                "aegis.request.transfers": request.events,
-                "aegis.finality.wanted": level.name,
-            },
-        )
 
     def await_final(self, answer: Answer) -> Answer:
         """The FINAL answer for the request behind ``answer`` (a PROVISIONAL one): the
@@ -216,21 +425,23 @@ class Client:
         FAILED_PRECONDITION.  Safe to call from another thread than the create calls."""
         if answer.level >= Finality.FINAL:
             return answer
-        request = answer.request
-        method = "CreateAccounts" if request.operation == OP_CREATE_ACCOUNTS else "CreateTransfers"
-        body = bytes((Finality.FINAL,)) + encode(request)
-        with self._span(method, request, Finality.FINAL) as span:
-            replica, data = self._call_any(LEDGER_SERVICE, method, body, _trace_metadata())
-            final = self._checked(request, Finality.FINAL, replica, data)
-            _annotate(span, final)
+        with create_span(self.tracer, answer.request, Finality.FINAL) as span:
+            final = self._final(answer.request)
+            annotate(span, final)
             return final
 
-    def _provisional(
-        self, request: Request, method: str, body: bytes, metadata: Metadata
-    ) -> Answer:
+    def _final(self, request: Request) -> Answer:
+        """Send ``request`` to replicas in turn (same number each time) until one gives
+        a FINAL answer with a valid certificate."""
+        body = create_body(request, Finality.FINAL)
+        method = create_method(request.operation)
+        replica, data = self._call_any(LEDGER_SERVICE, method, body, trace_metadata())
+        return self.checker.reply(request, Finality.FINAL, replica, data)
+
+    def _provisional(self, request: Request, metadata: Metadata) -> Answer:
         """Ask every replica; a FINAL answer, or f + 1 matching PROVISIONAL ones."""
-        count = len(self.channels)
-        needed = (count - 1) // 3 + 1
+        body = create_body(request, Finality.PROVISIONAL)
+        method = create_method(request.operation)
         outcomes: queue.Queue[tuple[int, grpc.Future[bytes]]] = queue.Queue()
         calls = []
         for replica, channel in enumerate(self.channels):
@@ -240,97 +451,43 @@ class Client:
             future = call.future(body, timeout=self.timeout_s, metadata=metadata)
             future.add_done_callback(functools.partial(lambda r, f: outcomes.put((r, f)), replica))
             calls.append(future)
-        votes: dict[tuple[bytes, tuple[int, ...]], int] = {}
-        failures = []
+        tally = ProvisionalTally(self.checker, request)
         try:
-            for _ in range(count):
+            for _ in range(len(self.channels)):
                 replica, done = outcomes.get()
-                try:
-                    answer = self._checked(request, Finality.PROVISIONAL, replica, done.result())
-                except (grpc.RpcError, ClientError) as error:
-                    failures.append(f"replica {replica}: {error}")
-                    continue
-                if answer.level == Finality.FINAL:
-                    return answer  # the certificate alone proves it
-                key = (answer.header.digest, answer.codes)
-                votes[key] = votes.get(key, 0) + 1
-                if votes[key] == needed:
+                error = done.exception()
+                answer = tally.add(replica, done.result() if error is None else error)
+                if answer is not None:
                     return answer
         finally:
             for future in calls:
                 future.cancel()
-        raise ClientError(
-            f"no FINAL answer and no {needed} matching PROVISIONAL ones: {'; '.join(failures)}",
-            grpc.StatusCode.UNAVAILABLE,
-        )
-
-    def _checked(self, request: Request, level: Finality, replica: int, data: bytes) -> Answer:
-        try:
-            reply = decode_as(data, Reply)
-        except WireError as error:
-            raise ClientError(f"replica {replica} answered garbage: {error}") from None
-        if digest_of(reply.results) != reply.header.results_hash:
-            raise ClientError(f"replica {replica}: the results do not match the block header")
-        if reply.level < level:
-            raise ClientError(f"replica {replica} answered {reply.level.name}, not {level.name}")
-        if reply.level == Finality.FINAL:
-            certificate = reply.certificate
-            if (
-                certificate is None
-                or certificate.digest != reply.header.digest
-                or not certificates.verify(certificate, self.verifier, len(self.config.replicas))
-            ):
-                raise ClientError(f"replica {replica}: the commit certificate does not verify")
-        for client, number, codes in reply.results:
-            if (client, number) == request.key:
-                if len(codes) != request.events:
-                    raise ClientError(f"replica {replica}: {len(codes)} codes for "
-                                      f"{request.events} events")  # fmt: skip
-                return Answer(
-                    codes=tuple(codes),
-                    level=reply.level,
-                    header=reply.header,
-                    certificate=reply.certificate,
-                    replica=replica,
-                    request_number=request.request_number,
-                    request=request,
-                )
-        raise ClientError(f"replica {replica}: the answer holds no result for {request.key}")
+        raise tally.failed()
 
     # ---------------------------------------------------------------- reading
 
     def lookup_accounts(self, ids: Sequence[int], replica: int | None = None) -> list[Account]:
-        return decode_accounts(self._lookup("LookupAccounts", ids, replica))
+        return decode_accounts(self._read("LookupAccounts", lookup_body(ids), replica))
 
     def lookup_transfers(self, ids: Sequence[int], replica: int | None = None) -> list[Transfer]:
-        return decode_transfers(self._lookup("LookupTransfers", ids, replica))
-
-    def _lookup(self, method: str, ids: Sequence[int], replica: int | None) -> bytes:
-        if not 1 <= len(ids) <= BATCH_EVENTS_MAX:
-            raise ValueError(f"look up 1..{BATCH_EVENTS_MAX} ids at a time")
-        body = b"".join(i.to_bytes(ID_BYTES, "little") for i in ids)
-        if replica is None:
-            return self._call_any(LEDGER_SERVICE, method, body)[1]
-        return self._call(replica, LEDGER_SERVICE, method, body)
+        return decode_transfers(self._read("LookupTransfers", lookup_body(ids), replica))
 
     def get_account_transfers(
         self, query: AccountFilter, replica: int | None = None
     ) -> list[Transfer]:
-        return decode_transfers(self._filtered("GetAccountTransfers", query, replica))
+        return decode_transfers(self._read("GetAccountTransfers", encode_filter(query), replica))
 
     def get_account_balances(
         self, query: AccountFilter, replica: int | None = None
     ) -> list[AccountBalance]:
-        data = self._filtered("GetAccountBalances", query, replica)
-        return [decode_balance(data[i : i + 128], i // 128) for i in range(0, len(data), 128)]
+        return decode_balances(self._read("GetAccountBalances", encode_filter(query), replica))
 
-    def _filtered(self, method: str, query: AccountFilter, replica: int | None) -> bytes:
-        body = encode_filter(query)
+    def _read(self, method: str, body: bytes, replica: int | None) -> bytes:
         if replica is None:
             return self._call_any(LEDGER_SERVICE, method, body)[1]
         return self._call(replica, LEDGER_SERVICE, method, body)
 
-    def watch_commits(self, after_height: int, replica: int) -> Iterator[DecidedBlock]:
+    def watch_commits(self, after_height: int, replica: int) -> Generator[DecidedBlock, None, None]:
         """FINAL blocks above ``after_height`` from ``replica``, each checked: its commit
         certificate, its body against its header, its parent against the one before.
         Runs until the stream ends (``ClientError``) or the caller stops iterating."""
@@ -341,44 +498,16 @@ class Client:
         previous: BlockHeader | None = None
         try:
             for data in stream:
-                decided = self._checked_block(replica, data, previous)
+                decided = self.checker.block(replica, data, previous)
                 previous = decided.block.header
                 yield decided
         except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else None
-            details = error.details() if isinstance(error, grpc.Call) else str(error)
-            raise ClientError(f"replica {replica}: WatchCommits: {details}", code) from None
+            raise call_error(error, replica, "WatchCommits") from None
         finally:
             stream.cancel()
 
-    def _checked_block(
-        self, replica: int, data: bytes, previous: BlockHeader | None
-    ) -> DecidedBlock:
-        try:
-            decided = decode_as(data, DecidedBlock)
-        except WireError as error:
-            raise ClientError(f"replica {replica} streamed garbage: {error}") from None
-        block, certificate = decided.block, decided.certificate
-        header = block.header
-        if certificate.digest != block.digest or not certificates.verify(
-            certificate, self.verifier, len(self.config.replicas)
-        ):
-            raise ClientError(f"replica {replica}: h{header.height} has no valid certificate")
-        problem = body_problem(block, lambda request: True)  # other clients' keys: unknown
-        if problem is not None:
-            raise ClientError(f"replica {replica}: h{header.height}: {problem}")
-        if previous is not None and (
-            header.height != previous.height + 1 or header.parent_hash != previous.digest
-        ):
-            raise ClientError(f"replica {replica}: h{header.height} does not follow "
-                              f"h{previous.height}")  # fmt: skip
-        return decided
-
     def status(self, replica: int) -> dict[str, object]:
-        data = self._call(replica, ADMIN_SERVICE, "Status", b"")
-        status = json.loads(data)
-        assert isinstance(status, dict)
-        return status
+        return decode_status(self._call(replica, ADMIN_SERVICE, "Status", b""))
 
     # ---------------------------------------------------------------- plumbing
 
@@ -391,9 +520,7 @@ class Client:
         try:
             answer = call(body, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else None
-            details = error.details() if isinstance(error, grpc.Call) else str(error)
-            raise ClientError(f"replica {replica}: {method}: {details}", code) from None
+            raise call_error(error, replica, method) from None
         assert isinstance(answer, bytes)
         return answer
 
@@ -401,34 +528,13 @@ class Client:
         self, service: str, method: str, body: bytes, metadata: Metadata = ()
     ) -> tuple[int, bytes]:
         """Ask replicas in turn until one answers; retry only what is safe to retry."""
-        count = len(self.channels)
-        failures = []
-        for attempt in range(2 * count):
-            replica = (self._preferred + attempt) % count
+        failures: list[str] = []
+        for replica in retry_order(self._preferred, len(self.channels)):
             try:
                 answer = self._call(replica, service, method, body, metadata)
             except ClientError as error:
-                if error.code not in RETRYABLE:
-                    raise
-                failures.append(str(error))
+                note_failure(error, failures)
                 continue
             self._preferred = replica
             return replica, answer
-        raise ClientError("no replica answered: " + "; ".join(failures[-count:]),
-                          grpc.StatusCode.UNAVAILABLE)  # fmt: skip
-
-
-def _trace_metadata() -> Metadata:
-    """The current trace context as gRPC metadata (W3C ``traceparent``; empty if none)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return tuple(carrier.items())
-
-
-def _annotate(span: Span, answer: Answer) -> None:
-    span.set_attributes({
-        "aegis.replica.id": answer.replica,
-        "aegis.finality": answer.level.name,
-        "aegis.block.height": answer.height,
-        "aegis.block.digest": answer.header.digest.hex(),
-    })  # fmt: skip
+        raise no_replica_answered(failures, len(self.channels))
