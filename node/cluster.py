@@ -84,9 +84,11 @@ def status_table(client: Client, count: int) -> list[str]:
             continue
         height = int(str(row["height"]))
         peers = ",".join(str(p) for p in row["peers_connected"])  # type: ignore[attr-defined]
+        fence = row.get("fenced")
+        note = f"  fenced: {fence['reason']}" if isinstance(fence, dict) else ""
         lines.append(
             f"{replica:>7}  {row['mode']!s:<8}  {row['regency']!s:>7}  {height:>6}  "
-            f"{top - height:>3}  {row['pending_requests']!s:>7}  {peers}"
+            f"{top - height:>3}  {row['pending_requests']!s:>7}  {peers}{note}"
         )
     return lines
 

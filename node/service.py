@@ -383,7 +383,14 @@ def status_of(driver: Driver) -> dict[str, object]:
         "leader": bft.leader,
         "height": bft.decided_height,
         "final_height": driver.read_model.height,
-        "provisional_height": core.raft.last_height,
+        # Committed by a fallback majority (PROVISIONAL until re-certified); the
+        # fallback log may hold uncommitted entries above it.
+        "provisional_height": core.raft.commit_height,
+        "fallback_log_height": core.raft.last_height,
+        # A replica whose WAL was damaged casts no vote until its promises are void.
+        "fenced": None
+        if driver.fence is None
+        else {"until_ns": driver.fence.until_ns, "reason": driver.fence.reason},
         "state_hash": bft.last_header.state_hash.hex(),
         "pending_requests": len(bft.pending),
         "evidence": core.evidence_count,

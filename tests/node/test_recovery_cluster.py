@@ -165,6 +165,17 @@ def test_sigkill_of_a_follower_under_load_loses_nothing(cluster: Path) -> None:
               f"failed over")  # fmt: skip
 
 
+def _fence_in_status(client: Client) -> object:
+    """The restarted follower's Status ``fenced`` field, once it answers (None if never)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            return client.status(FOLLOWER).get("fenced")
+        except ClientError:
+            time.sleep(0.1)  # not listening yet
+    return None
+
+
 def test_garbage_over_a_stopped_followers_wal_tail_is_reported_and_recovered(
     cluster: Path,
 ) -> None:
@@ -185,10 +196,13 @@ def test_garbage_over_a_stopped_followers_wal_tail_is_reported_and_recovered(
             damaged = data[: -len(garbage)] + garbage if len(data) > 1024 else data + garbage
             segment.write_bytes(damaged)
             processes[FOLLOWER] = _start(cluster, FOLLOWER)
+            fenced = _fence_in_status(client)  # fenced for at least the 2 s skew bound
             _eventually(lambda: "fence lifted" in _log(cluster, FOLLOWER), "the fence lifted")
             _caught_up(client, FOLLOWER)
+            assert client.status(FOLLOWER)["fenced"] is None
         finally:
             load.stop()
+        assert isinstance(fenced, dict) and fenced["reason"] and fenced["until_ns"] > 0, fenced
         log = _log(cluster, FOLLOWER)
         assert re.search(rf"torn tail in {segment.name} at offset \d+, damaged: ", log), log
         assert "acknowledged records may be lost" in log

@@ -60,7 +60,8 @@ class Caller:
         call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(
             f"/{service}/{method}"
         )
-        return await call(body, timeout=10)
+        # wait_for_ready: the replicas were just started and may not listen yet.
+        return await call(body, timeout=10, wait_for_ready=True)
 
     async def refused(self, method: str, body: bytes) -> tuple[str, str]:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -144,6 +145,7 @@ def test_bad_client_input_is_refused_clearly_and_changes_nothing(tmp_path: Path)
             assert decode_as(again, Reply).header == answer.header
             status = await as_replica.call("aegis.v1.Admin", "Status", b"")
             assert b'"height": 1' in status and b'"evidence": 0' in status
+            assert b'"fenced": null' in status and b'"provisional_height": 0' in status
             health = health_pb2_grpc.HealthStub(client.channel)
             checked = await health.Check(health_pb2.HealthCheckRequest(service="aegis.v1.Ledger"))
             assert checked.status == health_pb2.HealthCheckResponse.SERVING
