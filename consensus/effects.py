@@ -40,6 +40,9 @@ class VoteRecord:
     regency: int
     height: int
     digest: bytes
+    # For a WRITE, the block itself: STOP-DATA reports it (``WrittenBlock``), so a
+    # restart must not forget it.  None for an ACCEPT (the ProofRecord holds it).
+    block: Block | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -346,6 +346,22 @@ class WriteProof:
         _tuple_of("writes", self.writes, Write, CERTIFICATE_SIGNERS_MAX)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrittenBlock:
+    """The block a replica WROTE in its highest regency at the open height, as its
+    STOP-DATA reports it.  With no write proof and no fallback report in a SYNC's
+    STOP-DATAs, the highest of these must be re-proposed (DESIGN 3.3): some quorum
+    may have WRITTEN it, and a write proof for it held outside those STOP-DATAs
+    would otherwise roll a provisional commit of another block back."""
+
+    regency: int
+    block: Block
+
+    def __post_init__(self) -> None:
+        _nat("regency", self.regency)
+        _instance("block", self.block, Block)
+
+
 # ------------------------------------------------------------- fallback (Raft) mode
 
 FALLBACK_ENTRIES_MAX = 256  # a provisional suffix is bounded (the exposure limit bounds value)
@@ -498,6 +514,7 @@ class StopData:
     decided_certificate: Certificate | None  # ... and its certificate (None at genesis)
     proof: WriteProof | None  # for decided_height + 1, the highest-regency proof it holds
     fallback: FallbackReport | None = None  # its provisional suffix, after a fallback episode
+    written: WrittenBlock | None = None  # for decided_height + 1, its highest-regency WRITE
     signature: bytes = b""
 
     def __post_init__(self) -> None:
@@ -508,6 +525,7 @@ class StopData:
         _instance("decided_certificate", self.decided_certificate, (Certificate, type(None)))
         _instance("proof", self.proof, (WriteProof, type(None)))
         _instance("fallback", self.fallback, (FallbackReport, type(None)))
+        _instance("written", self.written, (WrittenBlock, type(None)))
         _signature(self.signature)
 
 

@@ -81,6 +81,7 @@ from consensus.messages import (
     Vote,
     Write,
     WriteProof,
+    WrittenBlock,
 )
 
 WIRE_VERSION: Final = 1
@@ -112,6 +113,7 @@ TYPE_TAGS: Final[Mapping[int, type]] = types.MappingProxyType(
         25: FetchBlocks,
         26: StableCheckpoint,
         27: Blocks,
+        28: WrittenBlock,
         # fallback (Raft) mode
         40: LogEntry,
         41: RequestVote,

@@ -113,6 +113,9 @@ Max(S) == CHOOSE x \in S : \A y \in S : y <= x
 (* height they report, and v is the block of the highest-regency write    *)
 (* proof at h among them; with no proof the leader chooses freely.        *)
 (* This is Replica._sync_choice; honest followers check it (_sync_problem).*)
+(* Python narrows the free choice (_written_choice: the block WRITTEN in  *)
+(* the highest regency the STOP-DATAs report, for S2, Fallback.tla); here *)
+(* it stays free, a superset of behaviours, so S1 and validity carry over. *)
 (* The STOP-DATAs are some honest ones as sent plus at most one claim per *)
 (* Byzantine replica (the choice c), which keeps the search small.        *)
 \* Every set of q STOP-DATAs for regency g from distinct replicas: some honest

@@ -39,6 +39,9 @@
 (* FALSE.  MUTATE_SUFFIX_OVER_PROOF has no violation at MaxRegency = 1   *)
 (* (with one proposing regency the fallback suffix always agrees with   *)
 (* the write proof) and needs MaxRegency = 2, which no run has reached.  *)
+(* MUTATE_SYNC_IGNORES_WRITES is the rule before the S2 corner was found *)
+(* (a SYNC with no proof and no report chose freely); TLC finds the     *)
+(* rollback it allows in the directed family CornerNotFirst below.       *)
 (***************************************************************************)
 EXTENDS Integers, FiniteSets, Sequences, TLC
 
@@ -55,6 +58,7 @@ CONSTANTS
     MUTATE_VOTE_ANY,          \* votes without the BFT-final, up-to-date and proof checks
     MUTATE_NO_TENTATIVE,      \* entering fallback without the tentative entry
     MUTATE_SUFFIX_OVER_PROOF, \* re-certification prefers the fallback suffix to a write proof
+    MUTATE_SYNC_IGNORES_WRITES, \* with no proof and no report, the SYNC ignores the WRITEs reported
     \* Scenario bounds (every behaviour they allow is one of the whole model's):
     FallbackSet,  \* the honest replicas that may enter fallback
     CandidateSet, \* the honest replicas that may win a fallback election
@@ -95,7 +99,8 @@ VARIABLES
     proposes,  \* <<g, v>>: the honest leader of g proposed v
     writes,    \* <<r, g, v>>
     accepts,   \* <<r, g, v>>: r held a write proof and ACCEPTed
-    stopdata,  \* <<r, g, dh, pg, pv, report>>
+    stopdata,  \* <<r, g, dh, pg, pv, report, wg, wv>>: wg, wv: r's highest WRITE at
+               \* height 1 (regency, block), or <<None, NoBlock>>
     syncs,     \* <<g, v, suffix, pv>>: the honest leader of g re-proposed v; pv: the
                \* block of the highest write proof its STOP-DATAs showed (or NoBlock)
     \* the mode controller
@@ -137,6 +142,13 @@ BestProof(r) ==
     IN IF gs = {} THEN <<None, NoBlock>>
        ELSE LET g == Max(gs) IN <<g, CHOOSE v \in Values : <<r, g, v>> \in accepts>>
 
+\* The block r WROTE in its highest regency at height 1, as its STOP-DATA reports it
+\* (BftReplica._last_write): <<regency, block>>, or <<None, NoBlock>>.
+LastWrite(r) ==
+    LET gs == {w[2] : w \in {x \in writes : x[1] = r}}
+    IN IF gs = {} \/ ~Open(r) THEN <<None, NoBlock>>
+       ELSE LET g == Max(gs) IN <<g, CHOOSE v \in Values : <<r, g, v>> \in writes>>
+
 -----------------------------------------------------------------------------
 (* Fallback helpers.                                                       *)
 
@@ -159,15 +171,18 @@ Report(r) ==
 -----------------------------------------------------------------------------
 (* STOP-DATA and SYNC (BftCore.tla, plus the fallback report).            *)
 
+\* A Byzantine STOP-DATA may claim any WRITE of its own below the regency.
 ByzStopData(g) ==
-    {<<b, g, dh, pg, pv, rep>> :
+    {<<b, g, dh, pg, pv, rep, wg, wv>> :
         b \in Byz, dh \in {0, 1}, pg \in {None} \cup Regencies,
-        pv \in {NoBlock} \cup Values, rep \in {NoReport} \cup Reports}
+        pv \in {NoBlock} \cup Values, rep \in {NoReport} \cup Reports,
+        wg \in {None} \cup {x \in Regencies : x < g}, wv \in {NoBlock} \cup Values}
 ProvableClaim(e) ==
     /\ e[3] = 0 \/ \E v \in Values : Certified(v)
     /\ \/ e[4] = None /\ e[5] = NoBlock
        \/ e[4] # None /\ e[5] # NoBlock /\ e[4] < e[2] /\ e[3] = 0 /\ WriteProof(e[4], e[5])
-NoClaim(g) == <<None, g, 0, None, NoBlock, NoReport>>
+    /\ (e[7] = None) = (e[8] = NoBlock)
+NoClaim(g) == <<None, g, 0, None, NoBlock, NoReport, None, NoBlock>>
 ByzClaims(g) == {e \in ByzStopData(g) : ProvableClaim(e)} \cup {NoClaim(g)}
 
 StopDataQuorums(g) ==
@@ -183,10 +198,22 @@ ProofBlock(S) ==
     IN IF P = {} THEN NoBlock
        ELSE LET top == Max({e[4] : e \in P}) IN CHOOSE v \in Values : \E e \in P : e[4] = top /\ e[5] = v
 
+\* BftReplica._written_choice: the blocks WRITTEN in the highest regency any of the
+\* STOP-DATAs S reports a WRITE for (several only if a Byzantine leader equivocated or
+\* a Byzantine replica lies; Python takes the highest digest, here any).
+WrittenBlocks(S) ==
+    LET W == {e \in S : e[3] = 0 /\ e[7] # None}
+    IN IF W = {} THEN {}
+       ELSE LET top == Max({e[7] : e \in W}) IN {e[8] : e \in {x \in W : x[7] = top}}
+
 \* What a leader's SYNC for the STOP-DATA quorum S may carry: <<block, suffix, pv>>.
 \* BftReplica._maybe_sync and _choose_suffix: the most up-to-date report (Raft's
 \* order: term, then last height; ties by digest, here any), whose height-1 block is
 \* re-proposed unless a write proof names another block, which wins (S1 first).
+\* With neither, the block WRITTEN in the highest regency the STOP-DATAs report (S2:
+\* a block some quorum WROTE may hold a write proof outside S, which a later SYNC
+\* will pick; every quorum S shares an honest writer with it); only with no WRITE
+\* at all is the block free.
 \* reports: the reports the leader weighs (its own fresh one instead of its STOP-DATA's).
 SyncOptions(S, reports) ==
     LET pv == ProofBlock(S)
@@ -198,6 +225,8 @@ SyncOptions(S, reports) ==
             ELSE {<<pv, IF x[2][1] = pv THEN x ELSE NoReport, pv>> : x \in best}
                  \cup (IF best = {} THEN {<<pv, NoReport, pv>>} ELSE {})
        ELSE IF best # {} THEN {<<x[2][1], x, NoBlock>> : x \in best}
+       ELSE IF WrittenBlocks(S) # {} /\ ~MUTATE_SYNC_IGNORES_WRITES
+            THEN {<<v, NoReport, NoBlock>> : v \in WrittenBlocks(S)}
        ELSE {<<v, NoReport, NoBlock>> : v \in Values}
 
 HonestSyncOptions(r, S) ==
@@ -315,11 +344,12 @@ Decide(r, v) ==
 Stop(r) ==
     LET g == regency[r] + 1
         dh == IF Open(r) THEN 0 ELSE 1
-        proof == IF Open(r) THEN BestProof(r) ELSE <<None, NoBlock>> IN
+        proof == IF Open(r) THEN BestProof(r) ELSE <<None, NoBlock>>
+        wrote == LastWrite(r) IN
     /\ g \in Regencies
     /\ regency' = [regency EXCEPT ![r] = g]
     /\ inSync' = [inSync EXCEPT ![r] = TRUE]
-    /\ stopdata' = stopdata \cup {<<r, g, dh, proof[1], proof[2], Report(r)>>}
+    /\ stopdata' = stopdata \cup {<<r, g, dh, proof[1], proof[2], Report(r), wrote[1], wrote[2]>>}
     /\ UNCHANGED <<decided, proposes, writes, accepts, syncs, mode, entryRegency,
                    raftVars, msgVars, pcommits>>
 
@@ -541,6 +571,31 @@ S2 == ProvisionalAgreement /\ ProvisionalNeverRolledBack
 \* block exist together, the states S2 is about.  A model expecting it violated
 \* shows the sampled behaviours reach them (the samples are not vacuous).
 NoCommitAndFinal == ~(pcommits # {} /\ \E r \in Honest : decided[r] # NoBlock)
+
+-----------------------------------------------------------------------------
+(* A scenario family for directed searches (CONSTRAINT / ACTION_CONSTRAINT):  *)
+(* the S2 corner.  Until a provisional commit exists, replica 0 (which holds  *)
+(* the regency-0 write proof) stays at regency 0, nobody ACCEPTs above       *)
+(* regency 0 and no replica passes regency 1; afterwards the fallback is     *)
+(* frozen (no election, append, commit or entry) while the heal runs.        *)
+(* CornerNotFirst also asks the regency-1 SYNC for a block other than the    *)
+(* regency-0 proposal.  Each prunes behaviours, so a violation found under   *)
+(* them is one of the whole model's.                                         *)
+CornerState ==
+    pcommits = {} =>
+        /\ regency[0] = 0
+        /\ \A x \in accepts : x[2] = 0
+        /\ \A r \in Honest : regency[r] <= 1
+\* Tighter: only the regency-1 leader WRITEs at regency 1, and it sits out the heal.
+CornerLeaderOnly ==
+    /\ CornerState
+    /\ pcommits = {} => \A w \in writes : w[2] = 1 => w[1] = Leader(1)
+    /\ regency[Leader(1)] <= 1
+CornerNotFirst == CornerLeaderOnly /\ \A s \in syncs : s[1] = 1 => s[2] # First
+CornerAction ==
+    pcommits # {} =>
+        /\ UNCHANGED <<term, tlog, ackH, tcommit>>
+        /\ \A r \in Honest : mode'[r] = "fallback" => mode[r] = "fallback"
 
 \* The blocks are interchangeable (every CHOOSE over Values has one candidate).
 ValueSymmetry == Permutations(Values)

@@ -103,6 +103,13 @@ CATALOGUE: tuple[Model, ...] = (
     Model("mutant_fallback_final_on_majority", "Fallback", "Agreement", True,
           "a fallback majority commit counted FINAL: a Byzantine heal leader makes "
           "replicas decide two blocks", undone_simulate=5_000),
+    Model("mutant_fallback_sync_ignores_writes", "Fallback", "S2", False,
+          "a SYNC with no proof and no report ignores the WRITEs its STOP-DATAs report "
+          "(the rule before the S2 corner was found): in the directed family "
+          "CornerNotFirst a provisional block is rolled back"),
+    Model("fallback_corner", "Fallback", None, False,
+          "the S2 corner family (CornerLeaderOnly) with the rule on, exhaustive inside "
+          "it: no error"),
 )  # fmt: skip
 
 

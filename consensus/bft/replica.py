@@ -72,6 +72,7 @@ from consensus.messages import (
     Sync,
     Write,
     WriteProof,
+    WrittenBlock,
     digest_of,
 )
 from consensus.quorum import faults_tolerated, leader_of, quorum
@@ -210,6 +211,7 @@ class BftReplica:
         self.written_by: dict[tuple[int, int], bytes] = {}  # (sender, regency) -> digest
         self.votes: dict[tuple[str, int, int], bytes] = {}  # (kind, regency, height) -> digest
         self.best_proof: WriteProof | None = None
+        self.written: WrittenBlock | None = None  # our highest-regency WRITE here, with its block
         self.speculative: bytes | None = None  # digest of the block executed on top
         self.speculative_execution: Execution | None = None
         # Requests and catch-up.
@@ -386,6 +388,7 @@ class BftReplica:
         checkpoint = None
         decided: dict[int, DecidedBlock] = {}
         proofs: list[WriteProof] = []
+        written: list[VoteRecord] = []
         for record in records:
             match record:
                 case RegencyRecord(regency=regency, stops=stops):
@@ -395,6 +398,8 @@ class BftReplica:
                     self.stop_sent = max(self.stop_sent, regency)
                 case VoteRecord(kind=kind, regency=regency, height=height, digest=digest):
                     self.votes[(kind, regency, height)] = digest
+                    if record.block is not None:
+                        written.append(record)
                 case ProofRecord(proof=proof):
                     proofs.append(proof)
                 case DecidedRecord(decided=block):
@@ -416,6 +421,12 @@ class BftReplica:
         # height is what STOP-DATA must report, so a restart must never drop it.
         current = [p for p in proofs if p.height == self.height]
         self.best_proof = max(current, key=lambda p: p.regency) if current else None
+        # Likewise the block of our highest WRITE here: STOP-DATA reports it too.
+        mine = [v for v in written if v.height == self.height]
+        if mine:
+            last = max(mine, key=lambda v: v.regency)
+            assert last.block is not None
+            self.written = WrittenBlock(regency=last.regency, block=last.block)
         self.in_sync = self.regency > 0  # wait for the regency's SYNC or the next one
         self.regency_deadline = self.ticks + self.cfg.regency_timeout_ticks
 
@@ -650,8 +661,16 @@ class BftReplica:
         else:
             self.votes[key] = block.digest
             self._persist(
-                VoteRecord(kind="write", regency=regency, height=self.height, digest=block.digest)
+                VoteRecord(
+                    kind="write",
+                    regency=regency,
+                    height=self.height,
+                    digest=block.digest,
+                    block=block,
+                )
             )
+        if self.written is None or regency >= self.written.regency:
+            self.written = WrittenBlock(regency=regency, block=block)
         write = self._sign(
             Write(sender=self.id, regency=regency, height=self.height, digest=block.digest)
         )
@@ -765,6 +784,7 @@ class BftReplica:
         self.accepted_by.clear()
         self.written_by.clear()
         self.best_proof = None
+        self.written = None
         self.resend = [s for s in self.resend if isinstance(s.message, Stop | StopData)]
         self.last_resend = self.ticks
         self.votes = {k: v for k, v in self.votes.items() if k[2] > header.height}
@@ -952,6 +972,7 @@ class BftReplica:
                 decided_certificate=self.last_certificate,
                 proof=self.best_proof,
                 fallback=self.fallback_report(),
+                written=self.written,
             )
         )
         if self.leader == self.id:
@@ -994,6 +1015,15 @@ class BftReplica:
                 return "write proof for the wrong height"
             if not self._proof_valid(proof):
                 return "forged write proof"
+        written = stop_data.written
+        if written is not None:
+            header = written.block.header
+            if header.height != stop_data.decided_height + 1:
+                return "written block for the wrong height"
+            if header.parent_hash != stop_data.decided_header.digest:
+                return "written block does not follow the decided header"
+            if written.regency >= stop_data.regency:
+                return "WRITE in a regency not yet over"
         return None
 
     def _certified(self, decided: DecidedBlock) -> bool:
@@ -1033,6 +1063,25 @@ class BftReplica:
         best = max(proofs, key=lambda p: (p.regency, p.block.digest))
         return decided_max + 1, best
 
+    def _written_choice(self, stop_data: Iterable[StopData], height: int) -> list[Block]:
+        """The blocks the STOP-DATAs report WRITTEN at ``height``, highest (regency,
+        digest) first.  With no write proof and no fallback report, a SYNC must
+        re-propose the first valid one (DESIGN 3.3, S2): some quorum may have WRITTEN
+        it and a write proof for it may exist outside these STOP-DATAs, which a later
+        regency would then pick over whatever this one commits; every quorum of
+        STOP-DATAs holds an honest writer of such a block, at its regency or later.
+        Only a block that cannot be re-executed (a Byzantine report) is passed over."""
+        found: dict[tuple[int, bytes], Block] = {}
+        for entry in stop_data:
+            written = entry.written
+            if written is not None and written.block.header.height == height:
+                found[(written.regency, written.block.digest)] = written.block
+        return [found[key] for key in sorted(found, reverse=True)]
+
+    def _first_valid(self, blocks: Sequence[Block]) -> Block | None:
+        """The first block of ``blocks`` that validates here, left executed."""
+        return next((b for b in blocks if self._validate_block(b) is None), None)
+
     def _maybe_sync(self) -> None:
         collected = self.stop_data.get(self.regency, {})
         if not self.in_sync or len(collected) < self.q or self.leader != self.id:
@@ -1065,6 +1114,10 @@ class BftReplica:
                 return
         elif reproposal is not None and self.reproposals:
             block = reproposal  # validated just above
+        elif not self.cfg.unsafe_skip_sync_reproposal and (
+            written := self._first_valid(self._written_choice(chosen, height))
+        ):
+            block = written  # executed by _first_valid
         else:
             built = self._build_block(self._take_requests())
             assert built is not None
@@ -1201,6 +1254,14 @@ class BftReplica:
             and (proof is None or own.regency > proof.regency)
         ):
             return "ignores a write proof this replica holds"
+        if not self.cfg.unsafe_skip_sync_reproposal and proof is None and sync.suffix is None:
+            # Every WRITTEN block ranked above the SYNC's must fail to execute here.
+            for block in self._written_choice(sync.stop_data, height):
+                if block.digest == sync.block.digest:
+                    break
+                if self._validate_block(block) is None:
+                    self._rollback_speculation()
+                    return "did not re-propose the highest WRITTEN block"
         suffix = sync.suffix
         if suffix is not None and (
             not suffix.entries
@@ -1388,3 +1449,4 @@ class BftReplica:
         # Which of them the checkpoint decided is unknown here: clients retry the rest.
         self.pending.clear()
         self.best_proof = None
+        self.written = None

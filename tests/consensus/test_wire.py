@@ -57,6 +57,7 @@ from consensus.messages import (
     Vote,
     Write,
     WriteProof,
+    WrittenBlock,
 )
 from consensus.wire import (
     DEPTH_MAX,
@@ -154,6 +155,7 @@ writes = st.builds(
 )
 stops = st.builds(Stop, sender=nats, regency=nats, signature=signatures)
 write_proofs = st.builds(WriteProof, regency=nats, height=nats, block=blocks, writes=few(writes))
+written_blocks = st.builds(WrittenBlock, regency=nats, block=blocks)
 log_entries = st.builds(LogEntry, term=nats, block=blocks, tentative=st.booleans())
 fallback_votes = st.builds(
     Vote,
@@ -177,6 +179,7 @@ stop_data = st.builds(
     decided_certificate=st.none() | certificates,
     proof=st.none() | write_proofs,
     fallback=st.none() | fallback_reports,
+    written=st.none() | written_blocks,
     signature=signatures,
 )
 checkpoint_votes = st.builds(
@@ -209,6 +212,7 @@ STRATEGIES: dict[type, S[typing.Any]] = {
     ),
     WriteProof: write_proofs,
     StopData: stop_data,
+    WrittenBlock: written_blocks,
     Sync: st.builds(
         Sync,
         sender=nats,
@@ -271,6 +275,7 @@ STRATEGIES: dict[type, S[typing.Any]] = {
         regency=ints,
         height=ints,
         digest=st.binary(max_size=40),
+        block=st.none() | blocks,
     ),
     ProofRecord: st.builds(ProofRecord, proof=write_proofs),
     DecidedRecord: st.builds(DecidedRecord, decided=decided_blocks),
@@ -354,6 +359,8 @@ def test_every_value_of_a_simulated_run_round_trips(corpus: list[object]) -> Non
         _round_trip(value)
     assert any(isinstance(v, StopData) and v.fallback for v in corpus)
     assert any(isinstance(v, Sync) and v.suffix for v in corpus)
+    assert any(isinstance(v, StopData) and v.written for v in corpus)
+    assert any(isinstance(v, VoteRecord) and v.block for v in corpus)
 
 
 def _depth(value: object) -> int:
@@ -447,6 +454,7 @@ def test_tags_are_stable() -> None:
         25: "FetchBlocks",
         26: "StableCheckpoint",
         27: "Blocks",
+        28: "WrittenBlock",
         40: "LogEntry",
         41: "RequestVote",
         42: "Vote",
