@@ -108,8 +108,8 @@ CATALOGUE: tuple[Model, ...] = (
           "(the rule before the S2 corner was found): in the directed family "
           "CornerNotFirst a provisional block is rolled back"),
     Model("fallback_corner", "Fallback", None, False,
-          "the S2 corner family (CornerLeaderOnly) with the rule on, exhaustive inside "
-          "it: no error"),
+          "the family of mutant_fallback_sync_ignores_writes with the rule on, exhaustive "
+          "inside it: no error"),
 )  # fmt: skip
 
 
