@@ -65,6 +65,20 @@ class LeafCommitment:
             dirty.add(index >> _BUCKET_SHIFT)
         self._root = None
 
+    def truncate(self, size: int) -> None:
+        """Drop every leaf from ``size`` on (undoing appends, ``ledger.change``); a no-op
+        when there are no more than ``size``."""
+        assert size >= 0
+        if size >= len(self._leaves):
+            return
+        del self._leaves[size:]
+        buckets = -(-size // BUCKET_LEAVES)
+        del self._buckets[buckets:]
+        self._dirty = {b for b in self._dirty if b < buckets}
+        if size % BUCKET_LEAVES:
+            self._dirty.add(size // BUCKET_LEAVES)  # its last bucket lost leaves
+        self._root = None
+
     def root(self) -> bytes:
         if self._root is not None:
             return self._root

@@ -19,8 +19,16 @@ from __future__ import annotations
 import hashlib
 import heapq
 import struct
+from itertools import islice
 
-from ledger.codec import RECORD_SIZE, DecodeError, decode_account, decode_balance, decode_transfer
+from ledger.codec import (
+    _RECORD,
+    RECORD_SIZE,
+    DecodeError,
+    decode_account,
+    decode_balance,
+    decode_transfer,
+)
 from ledger.state_machine import (
     STATUS_EXPIRED,
     STATUS_PENDING,
@@ -29,7 +37,7 @@ from ledger.state_machine import (
     _pack_balance,
     _Pending,
 )
-from ledger.types import Transfer, TransferFlags
+from ledger.types import TRANSFER_FLAGS_KNOWN, TransferFlags
 
 MAGIC = b"AEGISLSN"
 VERSION = 1
@@ -37,6 +45,8 @@ _HEADER = struct.Struct("<8sII Q 32s 5Q")
 _PENDING = struct.Struct("<QB7x")
 _FAILED = struct.Struct("<QQQ")  # id lo, id hi, timestamp
 _CHECKSUM_SIZE = 32
+_T_PENDING = int(TransferFlags.PENDING)
+_T_NOT_POSTED = int(TransferFlags.PENDING | TransferFlags.VOID_PENDING_TRANSFER)
 
 
 class SnapshotError(ValueError):
@@ -45,11 +55,10 @@ class SnapshotError(ValueError):
 
 def snapshot(ledger: Ledger) -> bytes:
     state_hash = ledger.state_hash()
-
-    transfers = [ledger._transfer_record[ts] for ts in sorted(ledger._transfer_record)]
+    transfers = _transfers_section(ledger)
     failed = sorted((ts, i) for i, ts in ledger._failed.items())
     history_accounts = [a for a in ledger._account_order if a.history is not None]
-    parts = [
+    parts: list[bytes | bytearray] = [
         _HEADER.pack(
             MAGIC,
             VERSION,
@@ -57,19 +66,42 @@ def snapshot(ledger: Ledger) -> bytes:
             ledger._last_timestamp,
             state_hash,
             len(ledger._account_order),
-            len(transfers),
+            len(ledger._transfer_record),
             len(ledger._pending_order),
             len(failed),
             len(history_accounts),
         ),
-        *(a.record() for a in ledger._account_order),
-        *transfers,
-        *(_PENDING.pack(p.timestamp, p.status) for p in ledger._pending_order),
-        *(_FAILED.pack(i & (1 << 64) - 1, i >> 64, ts) for ts, i in failed),
-        *(_pack_balance(e) for a in history_accounts for e in a.history or ()),
+        b"".join([a.record() for a in ledger._account_order]),
+        transfers,
+        b"".join([_PENDING.pack(p.timestamp, p.status) for p in ledger._pending_order]),
+        b"".join([_FAILED.pack(i & (1 << 64) - 1, i >> 64, ts) for ts, i in failed]),
+        b"".join([_pack_balance(e) for a in history_accounts for e in a.history or ()]),
     ]
-    body = b"".join(parts)
-    return body + hashlib.sha256(body).digest()
+    checksum = hashlib.sha256()
+    for part in parts:
+        checksum.update(part)
+    return b"".join([*parts, checksum.digest()])  # one copy of the body, not two
+
+
+def _transfers_section(ledger: Ledger) -> bytearray:
+    """Every transfer record in timestamp order, kept between snapshots: only those
+    created since the last one are added.  Transfers are created in timestamp order
+    and dict order keeps it; only the newest are ever removed (a linked chain inside
+    a batch, before any snapshot can see them; ``ledger.change.undo``, which cuts the
+    section back), so the kept prefix stays the first transfers."""
+    section = ledger._snapshot_transfers
+    kept = ledger._snapshot_transfers_count
+    records = ledger._transfer_record
+    assert kept <= len(records) and len(section) == kept * RECORD_SIZE
+    if kept < len(records):
+        added = list(islice(reversed(records.values()), len(records) - kept))
+        added.reverse()
+        section += b"".join(added)
+        ledger._snapshot_transfers_count = len(records)
+    if records:  # cheap evidence that the prefix is still the ledger's
+        newest = next(reversed(records.values()))
+        assert section[-RECORD_SIZE:] == newest, "snapshot transfer section out of step"
+    return section
 
 
 def restore(data: bytes, expected_state_hash: bytes | None = None) -> Ledger:
@@ -123,31 +155,54 @@ def _restore(data: bytes, expected_state_hash: bytes | None) -> Ledger:
         ledger._dirty_accounts.add(index)
 
     derived: dict[int, list[int]] = {a.id: [0, 0, 0, 0] for a in ledger._account_order}
-    transfers: dict[int, Transfer] = {}
+    # Transfers: unpacked field by field, without building Transfer values (the bulk of
+    # a snapshot); the checks are decode_transfer's and those below, in the same order.
+    accounts = ledger._accounts
+    transfer_timestamp = ledger._transfer_timestamp
+    transfer_record = ledger._transfer_record
+    size = n_transfers * RECORD_SIZE
+    section = body[offset : offset + size]
+    offset += size
+    ledger._snapshot_transfers = bytearray(section)  # the next snapshot starts from it
+    ledger._snapshot_transfers_count = n_transfers
+    pending_transfers = 0
     previous_ts = 0
-    for index in range(n_transfers):
-        record = take(RECORD_SIZE)
-        t = decode_transfer(record, index)
-        if t.timestamp <= previous_ts or t.id in ledger._transfer_timestamp:
+    for index, f in enumerate(_RECORD.iter_unpack(section)):
+        flags = f[17]
+        if flags & ~TRANSFER_FLAGS_KNOWN:
+            raise DecodeError(
+                f"transfer[{index}].flags has unknown bits 0x{flags & ~TRANSFER_FLAGS_KNOWN:04x}"
+            )
+        transfer_id = f[0] | f[1] << 64
+        timestamp = f[18]
+        if timestamp <= previous_ts or transfer_id in transfer_timestamp:
             raise SnapshotError(f"transfer[{index}] is out of order or duplicated")
-        if t.debit_account_id not in derived or t.credit_account_id not in derived:
+        debit_id = f[2] | f[3] << 64
+        credit_id = f[4] | f[5] << 64
+        debit = derived.get(debit_id)
+        credit = derived.get(credit_id)
+        if debit is None or credit is None:
             raise SnapshotError(f"transfer[{index}] names an account the snapshot lacks")
-        previous_ts = t.timestamp
-        transfers[t.timestamp] = t
-        ledger._transfer_timestamp[t.id] = t.timestamp
-        ledger._transfer_record[t.timestamp] = record
-        ledger._accounts[t.debit_account_id].transfer_timestamps.append(t.timestamp)
-        ledger._accounts[t.credit_account_id].transfer_timestamps.append(t.timestamp)
-        if not t.flags & (TransferFlags.PENDING | TransferFlags.VOID_PENDING_TRANSFER):
-            derived[t.debit_account_id][1] += t.amount
-            derived[t.credit_account_id][3] += t.amount
+        previous_ts = timestamp
+        start = index * RECORD_SIZE
+        transfer_timestamp[transfer_id] = timestamp
+        transfer_record[timestamp] = section[start : start + RECORD_SIZE]
+        accounts[debit_id].transfer_timestamps.append(timestamp)
+        accounts[credit_id].transfer_timestamps.append(timestamp)
+        if flags & _T_PENDING:
+            pending_transfers += 1
+        if not flags & _T_NOT_POSTED:
+            amount = f[6] | f[7] << 64
+            debit[1] += amount
+            credit[3] += amount
 
     for index in range(n_pending):
         ts, status = _PENDING.unpack(take(_PENDING.size))
-        pending_transfer = transfers.get(ts)
+        pending_record = transfer_record.get(ts)
+        pending_transfer = None if pending_record is None else decode_transfer(pending_record)
         if (
             pending_transfer is None
-            or not pending_transfer.flags & TransferFlags.PENDING
+            or not pending_transfer.flags & _T_PENDING
             or not STATUS_PENDING <= status <= STATUS_EXPIRED
         ):
             raise SnapshotError(f"pending[{index}] does not name a pending transfer")
@@ -165,7 +220,7 @@ def _restore(data: bytes, expected_state_hash: bytes | None) -> Ledger:
             if pending.expires_at:
                 ledger._expiries.append((pending.expires_at, ts, p.id))
     heapq.heapify(ledger._expiries)
-    if sum(1 for t in transfers.values() if t.flags & TransferFlags.PENDING) != n_pending:
+    if pending_transfers != n_pending:
         raise SnapshotError("snapshot lacks the status of some pending transfers")
 
     for index in range(n_failed):
@@ -201,10 +256,10 @@ def _restore(data: bytes, expected_state_hash: bytes | None) -> Ledger:
             raise SnapshotError(f"account {state.id} balances do not follow from its transfers")
     if ledger._account_order and ledger._account_order[-1].timestamp > last_timestamp:
         raise SnapshotError("last timestamp is older than the newest account")
-    if transfers and max(transfers) > last_timestamp:
+    if previous_ts > last_timestamp:  # the newest transfer's (0: none)
         raise SnapshotError("last timestamp is older than the newest transfer")
     ledger._last_timestamp = last_timestamp
-    _rebuild_history_chain(ledger, transfers)
+    _rebuild_history_chain(ledger)
 
     actual = ledger.state_hash()
     if actual != declared_hash:
@@ -214,19 +269,27 @@ def _restore(data: bytes, expected_state_hash: bytes | None) -> Ledger:
     return ledger
 
 
-def _rebuild_history_chain(ledger: Ledger, transfers: dict[int, Transfer]) -> None:
-    """Re-fold the append-only history exactly as the live ledger folded it."""
-    positions: dict[int, int] = {}
-    events = sorted(
-        [(ts, 0, 0) for ts in transfers] + [(ts, 1, i) for i, ts in ledger._failed.items()]
-    )
+def _rebuild_history_chain(ledger: Ledger) -> None:
+    """Re-fold the append-only history exactly as the live ledger folded it: every
+    transfer (with the balance entries of its history accounts) and every transient
+    failure, by timestamp (transfers are in timestamp order already)."""
+    failed = sorted((ts, i) for i, ts in ledger._failed.items())
+    history = any(a.history is not None for a in ledger._account_order)
     entries = ledger._chain_entries
+    records = ledger._transfer_record
+    if not failed and not history:  # the common case: one entry per transfer
+        entries.extend(b"T" + record for record in records.values())
+        return
+    positions: dict[int, int] = {}
+    events = heapq.merge(((ts, 0, 0) for ts in records), ((ts, 1, i) for ts, i in failed))
     for ts, kind, failed_id in events:
         if kind == 1:
             entries.append(b"F" + failed_id.to_bytes(16, "little") + ts.to_bytes(8, "little"))
             continue
-        record = ledger._transfer_record[ts]
+        record = records[ts]
         entries.append(b"T" + record)
+        if not history:
+            continue
         for side in (record[16:32], record[32:48]):
             account = ledger._accounts[int.from_bytes(side, "little")]
             if account.history is not None:

@@ -291,6 +291,14 @@ class Ledger:
         self._chain = hashlib.sha256(b"aegis.ledger.history.v1")
         self._accounts_commitment = LeafCommitment(b"aegis.ledger.accounts.v1", 128)
         self._pending_commitment = LeafCommitment(b"aegis.ledger.pending.v1", 9)
+        # An open ``ledger.change`` capture: where it began, and the history-chain
+        # bytes folded since (None when no capture is open, the default).
+        self._change_base: Any = None
+        self._chain_log: list[bytes] | None = None
+        # ``ledger.snapshot``'s transfers section so far: the records of the first
+        # ``_snapshot_transfers_count`` transfers (dict order is timestamp order).
+        self._snapshot_transfers = bytearray()
+        self._snapshot_transfers_count = 0
 
     # ------------------------------------------------------------------ time
 
@@ -321,10 +329,12 @@ class Ledger:
     def _expire_pending(self, now: int) -> None:
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
-            _, _, pending_id = heapq.heappop(expiries)
+            _, created, pending_id = heapq.heappop(expiries)
             pending = self._pending.get(pending_id)
-            # Lazy deletion: posted, voided and rolled-back entries stay in the heap.
-            if pending is None or pending.status != STATUS_PENDING:
+            # Lazy deletion: posted, voided and rolled-back entries stay in the heap.  A
+            # rolled-back pending transfer's id may be used again, by a later transfer
+            # with its own expiry: the entry must name this very transfer (its stamp).
+            if pending is None or pending.status != STATUS_PENDING or pending.timestamp != created:
                 continue
             p = pending
             dr = self._accounts[p.debit_account_id]
@@ -877,8 +887,11 @@ class Ledger:
 
     def _fold_chain_entries(self) -> None:
         if self._chain_entries:
-            self._chain.update(b"".join(self._chain_entries))
+            folded = b"".join(self._chain_entries)
+            self._chain.update(folded)
             self._chain_entries.clear()
+            if self._chain_log is not None:
+                self._chain_log.append(folded)
 
     def state_hash(self) -> bytes:
         """SHA-256 commitment to the entire state; equal states give equal hashes."""

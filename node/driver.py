@@ -34,9 +34,12 @@ Guarantees:
   clock relative to the cluster's ``genesis_ns`` (so replicas stamp blocks with
   comparable times); at most ``TICKS_PER_ROUND_MAX`` ticks are run per round, so a
   stalled loop catches up gradually instead of firing every timeout at once.
-* Reads (``read_model``) see FINAL state only: a second executor applies decided
+* Reads (``read_model``) see FINAL state only: a second executor follows the decided
   blocks (the core's own executor also holds speculative and provisional blocks);
   it is rebuilt from the core's checkpoint and log whenever it falls out of step.
+  It does not execute a decided block again when the core's executor kept the change
+  that block made to the very state the read model holds (``ReadModel`` says why
+  that is exact); it applies that change instead.
 """
 
 from __future__ import annotations
@@ -308,8 +311,10 @@ def genesis_of(config: NodeConfig) -> Genesis:
     )
 
 
-def new_executor(config: NodeConfig, genesis: Genesis) -> LedgerExecutor:
-    executor = LedgerExecutor(Ledger.restore(genesis.snapshot))
+def new_executor(
+    config: NodeConfig, genesis: Genesis, track_changes: bool = False
+) -> LedgerExecutor:
+    executor = LedgerExecutor(Ledger.restore(genesis.snapshot), track_changes=track_changes)
     executor.operators = frozenset(c.id for c in config.clients if c.operator)
     return executor
 
@@ -324,7 +329,7 @@ def build_core(
     signer = config.signer()
     verifier = Ed25519Verifier({p.id: p.public_key for p in config.replicas}, cache_max=1 << 14)
     client_verifier = Ed25519Verifier({c.id: c.public_key for c in config.clients})
-    executor = new_executor(config, genesis)
+    executor = new_executor(config, genesis, track_changes=True)  # for the read model, rollbacks
     return assemble(
         ReplicaConfig(
             replica_id=config.replica_id,
@@ -354,35 +359,63 @@ def build_core(
 
 
 class ReadModel:
-    """The FINAL state, for lookups: decided blocks applied to an executor of its own."""
+    """The FINAL state, for lookups: decided blocks applied to an executor of its own.
+
+    Only blocks the core decided (``Effects.decided``, or its log on a rebuild) reach
+    it, in height order, so it never holds a speculative or provisional block.  A
+    block is applied either by executing it, or, when the core's executor kept the
+    change that executing this block made (``LedgerExecutor.take_change``), by
+    applying that change.  The change is taken only under the pair (state hash the
+    read model holds, the block's certified state hash): execution is a pure function
+    of the state, the state hash commits to the whole state, so a change recorded
+    between those two states is exactly what executing the block here would do,
+    whether the core's execution was speculative or not and whatever the core did
+    after it.  ``apply_change`` checks both hashes."""
 
     def __init__(self, config: NodeConfig, core: BftReplica) -> None:
         self.config = config
         self.executor = new_executor(config, genesis_of(config))
         self.height = 0
+        self.state_hash = b""
+        self.blocks_executed = 0  # blocks the read model executed itself
+        self.changes_applied = 0  # blocks applied from the core's change
         self.rebuild(core)
 
     def rebuild(self, core: BftReplica) -> None:
         self.executor.restore(core.base_snapshot, core.base_header.state_hash)
         self.height = core.base_height
+        self.state_hash = core.base_header.state_hash
         for height in range(core.base_height + 1, core.decided_height + 1):
-            self._execute(core.log[height])
+            self._execute(core.log[height], core)
         assert self.height == core.decided_height
 
     def apply(self, decided: DecidedBlock, core: BftReplica) -> None:
         if decided.block.header.height != self.height + 1:
             self.rebuild(core)  # a checkpoint was installed (state transfer) or we lagged
         else:
-            self._execute(decided)
+            self._execute(decided, core)
 
-    def _execute(self, decided: DecidedBlock) -> None:
+    def _execute(self, decided: DecidedBlock, core: BftReplica) -> None:
         header = decided.block.header
         assert header.height == self.height + 1
-        execution = self.executor.execute(
-            decided.block.requests, header.timestamp, fallback_term=header.fallback_term
+        source = core.sm
+        change = (
+            source.take_change(self.state_hash, header.state_hash)
+            if isinstance(source, LedgerExecutor)
+            else None
         )
-        assert execution.state_hash == header.state_hash, "the read model diverged"
+        if change is not None:
+            self.executor.apply_change(change)  # checks both state hashes
+            change.ledger.forget_chain()  # the core keeps the rest, for undo, a while
+            self.changes_applied += 1
+        else:
+            execution = self.executor.execute(
+                decided.block.requests, header.timestamp, fallback_term=header.fallback_term
+            )
+            assert execution.state_hash == header.state_hash, "the read model diverged"
+            self.blocks_executed += 1
         self.height = header.height
+        self.state_hash = header.state_hash
 
     @property
     def ledger(self) -> Ledger:
