@@ -78,6 +78,11 @@ from ledger import (
 from ledger import change as ledger_change
 
 DECODED_REQUESTS_MAX = 4096
+# Each decoded Transfer is an object every full garbage collection walks: 4,096
+# requests of 2,000 transfers made them nearly all of a replica's tracked objects and
+# its collections 200-450 ms long (bench/README.md).  About eight full blocks' worth
+# covers a request from arrival to execution.
+DECODED_TRANSFERS_MAX = 65_536
 PATH_STEPS_MAX = 40  # blocks of undo kept (tracking): more than two checkpoint intervals
 CHANGES_KEPT_MAX = 16  # block changes waiting for a read model (tracking)
 VERIFIED_SNAPSHOTS_MAX = 4  # snapshot bytes known to hold their state (tracking)
@@ -93,15 +98,21 @@ _STATE_DOMAIN = b"aegis.finality.state.v1"
 # bytes and Transfer values are immutable, so one bounded table serves every
 # executor in the process (one per node; four replicas in the simulator).
 _decoded: dict[bytes, list[Transfer]] = {}
+_decoded_transfers = [0]  # how many Transfer values _decoded holds
 
 
 def _decode(records: bytes) -> list[Transfer]:
     decoded = _decoded.get(records)
     if decoded is None:
         decoded = decode_transfers(records)  # raises DecodeError on bad records
-        if len(_decoded) >= DECODED_REQUESTS_MAX:
-            _decoded.clear()
+        if (
+            len(_decoded) >= DECODED_REQUESTS_MAX
+            or _decoded_transfers[0] + len(decoded) > DECODED_TRANSFERS_MAX
+        ):
+            _decoded.clear()  # a cold table only costs decoding again
+            _decoded_transfers[0] = 0
         _decoded[records] = decoded
+        _decoded_transfers[0] += len(decoded)
     return decoded
 
 
