@@ -105,12 +105,17 @@ def random_history(seed: int, batches: int = 12) -> list[tuple[str, list[Any]]]:
 U128 = (1 << 128) - 1
 
 
-def replay(history: list[tuple[str, list[Any]]], ledger: Any = None) -> Driver:
-    driver = Driver(ledger)
+def run(driver: Driver, history: list[tuple[str, list[Any]]]) -> None:
+    """Apply each batch of ``history`` to ``driver``, one time step after each."""
     for kind, events in history:
         if kind == "accounts":
             driver.accounts(events)
         else:
             driver.transfers(events)
         driver.advance(1)
+
+
+def replay(history: list[tuple[str, list[Any]]], ledger: Any = None) -> Driver:
+    driver = Driver(ledger)
+    run(driver, history)
     return driver

@@ -13,7 +13,7 @@ import pytest
 from ledger import AccountFilter, AccountFlags, CreateTransferResult, Ledger, TransferFlags
 from ledger import change as ledger_change
 from ledger.state_machine import STATUS_PENDING
-from tests.ledger.support import SECOND_NS, Driver, acct, random_history, xfer
+from tests.ledger.support import SECOND_NS, Driver, acct, random_history, run, xfer
 
 SEEDS = range(12)
 
@@ -44,15 +44,6 @@ def view(ledger: Ledger) -> tuple[Any, ...]:
         live_expiries,
         ledger.last_timestamp,
     )
-
-
-def run(driver: Driver, history: list[tuple[str, list[Any]]]) -> None:
-    for kind, events in history:
-        if kind == "accounts":
-            driver.accounts(events)
-        else:
-            driver.transfers(events)
-        driver.advance(1)
 
 
 def split(seed: int) -> tuple[list[Any], list[Any], list[Any]]:
