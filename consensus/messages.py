@@ -613,6 +613,46 @@ class Blocks:
         _signature(self.signature)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchChunk:
+    """Ask a peer for the part of its checkpoint snapshot from ``offset`` on (chunked
+    state transfer: a snapshot larger than one message travels in ``SnapshotChunk``s)."""
+
+    sender: int
+    checkpoint_height: int
+    offset: int
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _nat("checkpoint_height", self.checkpoint_height)
+        _nat("offset", self.offset)
+        _signature(self.signature)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotChunk:
+    """Catch-up answer for a checkpoint too large for one message: the stable checkpoint
+    without its snapshot (its ``snapshot`` is empty), the snapshot's size, and the bytes
+    ``data`` found at ``offset`` in it.  Nothing here is certified but the checkpoint's
+    state hash: the receiver trusts the assembled snapshot only once it restores to it."""
+
+    sender: int
+    checkpoint: StableCheckpoint
+    total: int
+    offset: int
+    data: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _nat("sender", self.sender)
+        _instance("checkpoint", self.checkpoint, StableCheckpoint)
+        _nat("total", self.total)
+        _nat("offset", self.offset)
+        _instance("data", self.data, bytes)
+        _signature(self.signature)
+
+
 # ---------------------------------------------------------------- driver inputs
 
 
@@ -634,6 +674,8 @@ PeerMessage: TypeAlias = (
     | CheckpointVote
     | FetchBlocks
     | Blocks
+    | FetchChunk
+    | SnapshotChunk
 )
 FallbackMessage: TypeAlias = RequestVote | Vote | AppendEntries | AppendAck | Presence
 BftInput: TypeAlias = PeerMessage | Request | Persisted

@@ -79,6 +79,8 @@ class Tuning:
     frame_bytes_max: int = 4 * 1024 * 1024  # soft: one larger message still travels alone
     client_wait_ms_max: int = 30_000  # a CreateTransfers call waits at most this long
     wal_snapshot_checkpoints: int = 1  # a WAL snapshot every this many stable checkpoints
+    # A checkpoint snapshot larger than this goes to a lagging replica in chunks of it.
+    snapshot_chunk_bytes: int = 4 * 1024 * 1024
     # A log damaged before its tail (acknowledged records unreadable or missing with later
     # ones after them) is cut back to its longest valid prefix, the rest set aside, and the
     # replica starts fenced (node.driver.Fence); false: it refuses to start instead.  A
@@ -90,7 +92,11 @@ _TUNING_KEYS: Final = frozenset(Tuning.__dataclass_fields__)
 # Frames must stay well inside gRPC's message bound (node.transport), and a receiver
 # refuses frames with more messages than its own frame_messages_max: keep these equal
 # on every replica.
-_TUNING_MAX: Final = {"frame_bytes_max": 16 * 1024 * 1024, "frame_messages_max": 4096}
+_TUNING_MAX: Final = {
+    "frame_bytes_max": 16 * 1024 * 1024,
+    "frame_messages_max": 4096,
+    "snapshot_chunk_bytes": 32 * 1024 * 1024,  # a chunk and its envelope within the wire bound
+}
 
 
 TELEMETRY_EXPORTERS: Final = ("auto", "console", "otlp", "none")

@@ -25,7 +25,9 @@ Guarantees:
   WAL's own bound (``WAL_CHECKPOINT_RECORD_BYTES_MAX``, not the wire's); one over
   even that is left out of the WAL with an error logged (``_append_batch`` says why
   that is safe).  A catch-up answer whose checkpoint is over ``WIRE_BYTES_MAX`` is
-  not sent, with an error logged: that peer then cannot catch up from here.
+  not sent, with an error logged; but a checkpoint snapshot larger than
+  ``snapshot_chunk_bytes`` travels in chunks (``SnapshotChunk``), so a ledger of any
+  size up to ``ReplicaConfig.snapshot_bytes_max`` can be transferred.
 * Amnesia: when the WAL reports that acknowledged records may be lost (a damaged
   tail, a repaired log: ``Amnesia``) the replica starts *fenced* and stays fenced,
   across restarts too, until it has caught up past every promise it may have
@@ -74,11 +76,13 @@ from consensus.messages import (
     CheckpointVote,
     DecidedBlock,
     FetchBlocks,
+    FetchChunk,
     Finality,
     Persisted,
     RegencyProof,
     Reply,
     Request,
+    SnapshotChunk,
 )
 from consensus.mode import ModeConfig, ModeController, assemble
 from consensus.raft.core import RaftConfig
@@ -294,8 +298,10 @@ class Fence:
     reason: str
 
 
-FENCED_INPUTS: Final = (Blocks, FetchBlocks, CheckpointVote, RegencyProof, Request)
-FENCED_OUTPUTS: Final = (FetchBlocks, Blocks)
+FENCED_INPUTS: Final = (
+    Blocks, FetchBlocks, SnapshotChunk, FetchChunk, CheckpointVote, RegencyProof, Request
+)  # fmt: skip
+FENCED_OUTPUTS: Final = (FetchBlocks, Blocks, FetchChunk, SnapshotChunk)
 
 
 class Overloaded(RuntimeError):
@@ -339,6 +345,7 @@ def build_core(
             checkpoint_interval=tuning.checkpoint_interval,
             request_timeout_ticks=tuning.request_timeout_ticks,
             regency_timeout_ticks=tuning.regency_timeout_ticks,
+            snapshot_chunk_bytes=tuning.snapshot_chunk_bytes,
         ),
         RaftConfig(
             replica_id=config.replica_id,
@@ -728,17 +735,16 @@ class Driver:
                 try:
                     payload = encode(send.message)
                 except WireError as error:
-                    # A catch-up answer carries the whole checkpoint snapshot, which grows
-                    # with the ledger; past the wire bound it cannot be sent at all
-                    # (chunked state transfer is not built yet).  Our own state growing
-                    # must not kill the replica: drop the answer, say why, go on.
+                    # A catch-up answer carries up to ``fetch_blocks_max`` blocks and a
+                    # checkpoint of at most ``snapshot_chunk_bytes`` (larger ones go in
+                    # chunks), so this should not happen; if it does, our own state must
+                    # not kill the replica: drop the answer, say why, go on.
                     if not isinstance(send.message, Blocks):
                         raise
                     self.stats.oversized_sends_dropped += 1
                     log.error(
                         "replica %d: catch-up answer to %s not sent: %s (the bound is "
-                        "WIRE_BYTES_MAX); that peer cannot catch up by state transfer "
-                        "from this replica",
+                        "WIRE_BYTES_MAX); that peer must catch up from another replica",
                         self.config.replica_id,
                         send.to,
                         error,

@@ -23,28 +23,60 @@ import dataclasses
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from consensus.effects import Effects
 from consensus.encoding import canonical
-from consensus.messages import Message, Propose, Reply, Request
+from consensus.messages import (
+    FallbackMessage,
+    Message,
+    PeerMessage,
+    Propose,
+    Reply,
+    Request,
+)
 from ledger import Transfer, encode_transfers
 from sim.simulation import SimConfig, Simulation
 
 ROUNDS_MAX = 1000
 
 
+_Signed = TypeVar("_Signed", bound=PeerMessage | FallbackMessage)
+
+
 class ScriptedCluster:
-    def __init__(self, replicas: int = 4, fallback: bool = False) -> None:
+    def __init__(
+        self,
+        replicas: int = 4,
+        fallback: bool = False,
+        *,
+        checkpoint_interval: int = 8,
+        snapshot_chunk_bytes: int | None = None,
+    ) -> None:
         # A Simulation gives the keys, genesis and replica wiring; its network and
         # clock are not used: this class delivers by hand.  Scripts exercise the BFT
         # core unless they ask for the fallback mode.
         self.sim = Simulation(
-            SimConfig(seed=0, scenario="happy", replicas=replicas, fallback=fallback)
+            SimConfig(
+                seed=0,
+                scenario="happy",
+                replicas=replicas,
+                fallback=fallback,
+                checkpoint_interval=checkpoint_interval,
+                snapshot_chunk_bytes=snapshot_chunk_bytes,
+            )
         )
         self.queue: list[tuple[str, str, Message | Reply]] = []
         self.next_number = {c: 1 for c in range(len(self.sim.clients))}
         self.next_transfer = 1
         self.out: list[str] = []
+
+    def signed(self, message: _Signed) -> _Signed:
+        """``message`` signed by its sender's replica key (tests forge with this what a
+        Byzantine replica could send)."""
+        cleared = dataclasses.replace(message, signature=b"")
+        signature = self.sim.replica_signers[message.sender].sign(canonical(cleared))
+        return dataclasses.replace(cleared, signature=signature)
 
     # ------------------------------------------------------------------ plumbing
 

@@ -15,6 +15,7 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from consensus import certificate as certificates
 from consensus.bft.replica import BftReplica, Genesis, ReplicaConfig, genesis_header
@@ -59,6 +60,7 @@ class SimConfig:
     replicas: int | None = None  # None: as the scenario says (4 unless it needs more)
     byzantine: int | None = None  # None: as many as the scenario names (at most f)
     checkpoint_interval: int = 8
+    snapshot_chunk_bytes: int | None = None  # None: the replica's default (4 MiB)
     accounts: int = 16
     request_rate: float = 0.5  # chance per tick that an idle client submits
     clients: int | None = None  # None: as the scenario says
@@ -87,6 +89,19 @@ class SimConfig:
             f"aegis sim run --seed {self.seed} --scenario {self.scenario} "
             f"--replicas {self.replicas or SCENARIOS[self.scenario].replicas}{extra}"
         )
+
+
+# Fields added after trace hashes were published: left out of a run's identity while
+# None, so a run that does not use them keeps the hash it had.
+_LATER_FIELDS: Final = ("snapshot_chunk_bytes",)
+
+
+def _identity(config: SimConfig) -> str:
+    # Whether the trace is kept in memory must not change the run's identity.
+    text = repr(dataclasses.replace(config, record_trace=False))
+    for name in _LATER_FIELDS:
+        text = text.replace(f", {name}=None", "")
+    return text
 
 
 @dataclass(slots=True)
@@ -271,9 +286,7 @@ class Simulation:
         self.rng = random.Random(config.seed)
         self.result = SimResult(config=config)
         self.network: Network[Message | Reply] = Network(self.rng, self.scenario.network)
-        # Whether the trace is kept in memory must not change the run's identity.
-        identity = dataclasses.replace(config, record_trace=False)
-        self._trace = hashlib.sha256(f"aegis-sim {identity}".encode())
+        self._trace = hashlib.sha256(f"aegis-sim {_identity(config)}".encode())
         self.now = 0
         self.client_count = config.clients or self.scenario.clients
         self._make_keys()
@@ -353,11 +366,14 @@ class Simulation:
         return {i: behaviours[k % len(behaviours)] for k, i in enumerate(ids)}
 
     def _start(self, replica: int) -> None:
+        chunk = self.config.snapshot_chunk_bytes
+        chunking = {} if chunk is None else {"snapshot_chunk_bytes": chunk}
         config = ReplicaConfig(
             replica_id=replica,
             replicas=self.n,
             genesis_ns=GENESIS_NS,
             checkpoint_interval=self.config.checkpoint_interval,
+            **chunking,
             unsafe_quorum=self.config.unsafe_quorum,
             unsafe_skip_sync_reproposal=self.config.unsafe_skip_sync_reproposal,
         )

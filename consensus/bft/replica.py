@@ -20,6 +20,15 @@ Blocks are executed when proposed (the header commits to the state hash after
 the block, so it must be computed before the vote); a speculative execution
 that loses a regency change is undone by restoring the last stable checkpoint
 and replaying the decided blocks after it.
+
+Catch-up: a replica that lags asks a peer (``FetchBlocks``) and gets decided
+blocks with their certificates, headed by the peer's stable checkpoint when it lags
+past it.  A checkpoint snapshot larger than ``snapshot_chunk_bytes`` comes in
+``SnapshotChunk``s instead, one per ``FetchChunk``, all from one peer: the first
+carries the certified checkpoint without its snapshot, and the assembled snapshot is
+installed only if it restores to the state hash q replicas signed (else the peer is
+blamed and nothing changes).  A peer answers at most one chunk per requester per tick
+and keeps its previous checkpoint servable, so a transfer may outlast one interval.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TypeVar, assert_never
 
 from audit_chain.merkle import merkle_root
@@ -60,12 +69,14 @@ from consensus.messages import (
     DecidedBlock,
     FallbackReport,
     FetchBlocks,
+    FetchChunk,
     PeerMessage,
     Persisted,
     Propose,
     RegencyProof,
     Reply,
     Request,
+    SnapshotChunk,
     StableCheckpoint,
     Stop,
     StopData,
@@ -81,6 +92,18 @@ from consensus.state_machine import Execution, StateMachine
 ZERO_DIGEST = bytes(32)
 EVIDENCE_KEPT_MAX = 1000
 _M = TypeVar("_M", bound=PeerMessage)
+
+
+@dataclass(slots=True)
+class _Assembly:
+    """A checkpoint snapshot arriving in chunks, all from one peer (snapshots of the
+    same state need not be byte-identical across replicas)."""
+
+    peer: int
+    checkpoint: StableCheckpoint  # certified, without its snapshot
+    total: int
+    progress_tick: int
+    data: bytearray = field(default_factory=bytearray)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +124,11 @@ class ReplicaConfig:
     pending_requests_max: int = 4096
     future_messages_max: int = 512
     fetch_blocks_max: int = 32
+    # Chunked state transfer: a checkpoint snapshot larger than one chunk is sent in
+    # chunks of this many bytes (``SnapshotChunk``), each asked for by ``FetchChunk``.
+    snapshot_chunk_bytes: int = 4 * 1024 * 1024
+    snapshot_bytes_max: int = 1 << 30  # a snapshot claimed larger is refused
+    chunk_stall_ticks: int = 200  # an assembly without a new chunk this long is dropped
     # Deliberately unsafe variants, only for tests that prove the checkers can fail.
     unsafe_quorum: int | None = None
     unsafe_skip_sync_reproposal: bool = False
@@ -110,6 +138,7 @@ class ReplicaConfig:
         assert 0 <= self.replica_id < self.replicas
         assert self.checkpoint_interval >= 1 and self.tick_ns >= 1
         assert self.block_requests_max >= 1 and self.fetch_blocks_max >= 1
+        assert 1 <= self.snapshot_chunk_bytes <= self.snapshot_bytes_max
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +228,7 @@ class BftReplica:
         self.base_header = genesis.header
         self.base_snapshot = genesis.snapshot
         self.base_checkpoint: StableCheckpoint | None = None
+        self.previous_checkpoint: StableCheckpoint | None = None
         self.log: dict[int, DecidedBlock] = {}
         self.decided_height = 0
         self.last_header = genesis.header
@@ -223,6 +253,9 @@ class BftReplica:
         self.fetch_peer = (self.id + 1) % self.n
         self.pushed: set[tuple[int, int]] = set()  # (peer, height) catch-ups already sent
         self.answered: dict[int, int] = {}  # peer -> tick of the last fetch answered
+        self.chunk_answered: dict[int, int] = {}  # peer -> tick of the last chunk sent
+        self.chunk_wanted: dict[int, FetchChunk] = {}  # asks held for the next tick
+        self.assembly: _Assembly | None = None  # a snapshot arriving in chunks
         self.checkpoint_votes: dict[int, dict[int, CheckpointVote]] = {}
         self.checkpoint_pending: dict[int, tuple[bytes, BlockHeader, Certificate]] = {}
         # Own messages of the open instance / regency change, as sent (to None: everyone).
@@ -254,6 +287,8 @@ class BftReplica:
                 | CheckpointVote()
                 | FetchBlocks()
                 | Blocks()
+                | FetchChunk()
+                | SnapshotChunk()
             ):
                 self._on_peer(message)
             case _:
@@ -266,6 +301,10 @@ class BftReplica:
     def tick(self) -> Effects:
         self._out = EffectsBuilder()
         self.ticks += 1
+        if self.chunk_wanted:
+            wanted, self.chunk_wanted = self.chunk_wanted, {}
+            for fetch in wanted.values():
+                self._answer_chunk(fetch)
         self._check_timeouts()
         self._maybe_sync()
         self._retransmit()
@@ -380,6 +419,8 @@ class BftReplica:
         assert self.regency <= self.stop_sent <= self.regency + self.n
         if self.speculative is not None:
             assert self.speculative in {b.digest for b in self.proposals.values()}
+        if self.assembly is not None:
+            assert len(self.assembly.data) < self.assembly.total <= self.cfg.snapshot_bytes_max
 
     # ================================================================ recovery
 
@@ -583,6 +624,10 @@ class BftReplica:
                 self._on_fetch(message)
             case Blocks():
                 self._on_blocks(message)
+            case FetchChunk():
+                self._on_fetch_chunk(message)
+            case SnapshotChunk():
+                self._on_snapshot_chunk(message)
             case _:
                 assert_never(message)
 
@@ -1314,6 +1359,9 @@ class BftReplica:
         self.base_height = stable.height
         self.base_header = stable.header
         self.base_snapshot = stable.snapshot
+        # The one before stays servable: a peer fetching it in chunks may need longer
+        # than one checkpoint interval.
+        self.previous_checkpoint = self.base_checkpoint
         self.base_checkpoint = stable
         self.log = {h: b for h, b in self.log.items() if h > stable.height}
         self.checkpoint_pending = {
@@ -1360,6 +1408,15 @@ class BftReplica:
             self.fetch_deadline = self.ticks + 1
 
     def _fetch(self) -> None:
+        assembly = self.assembly
+        if assembly is not None:
+            stalled = self.ticks - assembly.progress_tick > self.cfg.chunk_stall_ticks
+            if not stalled and assembly.checkpoint.height > self.decided_height:
+                self._fetch_chunk(assembly)
+                return
+            self._trace(f"snapshot h{assembly.checkpoint.height} from {assembly.peer} dropped "
+                        f"at {len(assembly.data)} of {assembly.total} bytes")  # fmt: skip
+            self.assembly = None
         if self.fetch_peer == self.id:
             self.fetch_peer = (self.id + 1) % self.n
         self._send(
@@ -1394,6 +1451,11 @@ class BftReplica:
             checkpoint = self.base_checkpoint
             if checkpoint is None:
                 return  # genesis base: nothing older to send
+            if len(checkpoint.snapshot) > self.cfg.snapshot_chunk_bytes:
+                # Too large for one message: its first chunk; the peer asks for the rest,
+                # then for the blocks above it.
+                self._send_chunk(peer, checkpoint, 0)
+                return
             start = checkpoint.height + 1
         blocks = tuple(self.log[h] for h in range(start, self.decided_height + 1) if h in self.log)[
             : self.cfg.fetch_blocks_max
@@ -1404,17 +1466,8 @@ class BftReplica:
         progressed = False
         stable = answer.checkpoint
         if stable is not None and stable.height > self.decided_height:
-            if not self._checkpoint_valid(stable):
-                self._blame(answer.sender, "forged checkpoint")
+            if not self._take_checkpoint(stable, answer.sender):
                 return
-            self._rollback_speculation()
-            try:
-                self._install_checkpoint(stable)  # restore is all-or-nothing
-            except ValueError as error:
-                self._blame(answer.sender, f"checkpoint snapshot rejected: {error}")
-                return
-            self._persist(CheckpointRecord(checkpoint=stable))
-            self._reset_instance()
             progressed = True
         for decided in answer.blocks:
             header = decided.block.header
@@ -1430,13 +1483,113 @@ class BftReplica:
             self._apply_decided(decided, replaying=False)
             progressed = True
         if progressed:
-            self._trace(f"caught up to h{self.decided_height} from {answer.sender}")
-            sync = self.pending_sync
-            self.pending_sync = None
-            if sync is not None:
-                self._on_sync(sync)
-            self._replay_future()
-            self._maybe_sync()
+            self._caught_up(answer.sender)
+
+    def _take_checkpoint(self, stable: StableCheckpoint, sender: int) -> bool:
+        """Install a stable checkpoint a peer sent, if it is certified and its snapshot
+        restores to the certified state hash; otherwise blame the peer, change nothing."""
+        if not self._checkpoint_valid(stable):
+            self._blame(sender, "forged checkpoint")
+            return False
+        self._rollback_speculation()
+        try:
+            self._install_checkpoint(stable)  # restore is all-or-nothing
+        except ValueError as error:
+            self._blame(sender, f"checkpoint snapshot rejected: {error}")
+            return False
+        self._persist(CheckpointRecord(checkpoint=stable))
+        self._reset_instance()
+        return True
+
+    def _caught_up(self, sender: int) -> None:
+        self._trace(f"caught up to h{self.decided_height} from {sender}")
+        sync = self.pending_sync
+        self.pending_sync = None
+        if sync is not None:
+            self._on_sync(sync)
+        self._replay_future()
+        self._maybe_sync()
+
+    # ================================================================ chunked state transfer
+
+    def _send_chunk(self, peer: int, stable: StableCheckpoint, offset: int) -> None:
+        snapshot = stable.snapshot
+        chunk = SnapshotChunk(
+            sender=self.id,
+            checkpoint=replace(stable, snapshot=b""),
+            total=len(snapshot),
+            offset=offset,
+            data=snapshot[offset : offset + self.cfg.snapshot_chunk_bytes],
+        )
+        self._send(peer, self._sign(chunk))
+
+    def _fetch_chunk(self, assembly: _Assembly) -> None:
+        fetch = FetchChunk(
+            sender=self.id,
+            checkpoint_height=assembly.checkpoint.height,
+            offset=len(assembly.data),
+        )
+        self._send(assembly.peer, self._sign(fetch))
+
+    def _on_fetch_chunk(self, fetch: FetchChunk) -> None:
+        if self.chunk_answered.get(fetch.sender) == self.ticks:
+            # At most one chunk per peer per tick (each carries megabytes, and a peer
+            # could ask for thousands): the latest ask is answered at the next tick.
+            self.chunk_wanted[fetch.sender] = fetch
+            return
+        self._answer_chunk(fetch)
+
+    def _answer_chunk(self, fetch: FetchChunk) -> None:
+        stable = self.base_checkpoint
+        if stable is None or len(stable.snapshot) <= self.cfg.snapshot_chunk_bytes:
+            return  # nothing to send in chunks: the peer's next FetchBlocks gets blocks
+        self.chunk_answered[fetch.sender] = self.ticks
+        previous = self.previous_checkpoint
+        if previous is not None and fetch.checkpoint_height == previous.height:
+            stable = previous
+        offset = fetch.offset
+        if fetch.checkpoint_height != stable.height or offset >= len(stable.snapshot):
+            offset = 0  # a checkpoint no longer kept (or a wrong offset): the newest, over
+        self._send_chunk(fetch.sender, stable, offset)
+
+    def _on_snapshot_chunk(self, chunk: SnapshotChunk) -> None:
+        stable = chunk.checkpoint
+        if stable.height <= self.decided_height:
+            return  # caught up meanwhile
+        if (
+            stable.snapshot
+            or not chunk.data
+            or not 0 < chunk.total <= self.cfg.snapshot_bytes_max
+            or chunk.offset + len(chunk.data) > chunk.total
+        ):
+            self._blame(chunk.sender, "malformed snapshot chunk")
+            return
+        assembly = self.assembly
+        if assembly is None or stable.height > assembly.checkpoint.height:
+            if chunk.offset != 0:
+                return  # a late answer to an assembly given up: wait for a first chunk
+            if not self._checkpoint_valid(stable):
+                self._blame(chunk.sender, "forged checkpoint")
+                return
+            assembly = _Assembly(chunk.sender, stable, chunk.total, self.ticks)
+            self.assembly = assembly
+            self._trace(f"snapshot h{stable.height} from {chunk.sender}: {chunk.total} bytes")
+        elif (
+            chunk.sender != assembly.peer
+            or stable != assembly.checkpoint
+            or chunk.total != assembly.total
+            or chunk.offset != len(assembly.data)
+        ):
+            return  # another peer's snapshot, or a chunk out of order (a resend)
+        assembly.data += chunk.data
+        assembly.progress_tick = self.ticks
+        if len(assembly.data) < assembly.total:
+            self._fetch_chunk(assembly)
+            return
+        self.assembly = None
+        if self._take_checkpoint(replace(stable, snapshot=bytes(assembly.data)), chunk.sender):
+            self._schedule_fetch(chunk.sender)  # the blocks above the checkpoint
+            self._caught_up(chunk.sender)
 
     def _reset_instance(self) -> None:
         self.proposals.clear()

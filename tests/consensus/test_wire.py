@@ -41,6 +41,7 @@ from consensus.messages import (
     FallbackMessage,
     FallbackReport,
     FetchBlocks,
+    FetchChunk,
     Finality,
     LogEntry,
     PeerMessage,
@@ -50,6 +51,7 @@ from consensus.messages import (
     Reply,
     Request,
     RequestVote,
+    SnapshotChunk,
     StableCheckpoint,
     Stop,
     StopData,
@@ -233,6 +235,18 @@ STRATEGIES: dict[type, S[typing.Any]] = {
         blocks=few(decided_blocks),
         signature=signatures,
     ),
+    FetchChunk: st.builds(
+        FetchChunk, sender=nats, checkpoint_height=nats, offset=nats, signature=signatures
+    ),
+    SnapshotChunk: st.builds(
+        SnapshotChunk,
+        sender=nats,
+        checkpoint=stable_checkpoints,
+        total=nats,
+        offset=nats,
+        data=st.binary(max_size=300),
+        signature=signatures,
+    ),
     LogEntry: log_entries,
     RequestVote: st.builds(
         RequestVote,
@@ -331,8 +345,9 @@ def test_signatures_and_full_bodies_are_kept(value: Propose) -> None:
 @pytest.fixture(scope="module")
 def corpus() -> list[object]:
     """Every message sent and record persisted in a simulated run with a regency change,
-    a fallback episode and a crashed fallback leader: real, signed protocol values."""
-    sim = Simulation(SimConfig(seed=3, scenario="fallback-leader-crash"))
+    a fallback episode and a crashed fallback leader: real, signed protocol values.
+    Snapshots go in chunks of 512 bytes, so the catch-up sends them chunked."""
+    sim = Simulation(SimConfig(seed=3, scenario="fallback-leader-crash", snapshot_chunk_bytes=512))
     sent: list[object] = []
     send = sim.network.send
 
@@ -455,6 +470,8 @@ def test_tags_are_stable() -> None:
         26: "StableCheckpoint",
         27: "Blocks",
         28: "WrittenBlock",
+        29: "FetchChunk",
+        30: "SnapshotChunk",
         40: "LogEntry",
         41: "RequestVote",
         42: "Vote",
