@@ -14,7 +14,6 @@ from collections.abc import Callable
 import pytest
 
 from consensus.effects import EntryRecord, TermRecord
-from consensus.encoding import canonical
 from consensus.messages import (
     AppendEntries,
     Block,
@@ -37,12 +36,6 @@ def _cluster() -> ScriptedCluster:
 
 def _node(cluster: ScriptedCluster, replica: int) -> ModeController:
     return cluster.sim.controller(replica)
-
-
-def _signed(cluster: ScriptedCluster, message: RequestVote | AppendEntries | Vote) -> object:
-    signer = cluster.sim.replica_signers[message.sender]
-    cleared = dataclasses.replace(message, signature=b"")
-    return dataclasses.replace(cleared, signature=signer.sign(canonical(cleared)))
 
 
 def _elect(cluster: ScriptedCluster, leader: int) -> None:
@@ -68,7 +61,7 @@ def test_a_vote_is_durable_in_the_same_effects_that_send_it() -> None:
     voter = _node(cluster, 1).raft
     term = voter.term + 1
     request = RequestVote(sender=2, term=term, final_height=0, last_height=0, last_term=0)
-    effects = voter.step(_signed(cluster, request))  # type: ignore[arg-type]
+    effects = voter.step(cluster.signed(request))  # type: ignore[arg-type]
     votes = [s.message for s in effects.send if isinstance(s.message, Vote)]
     assert votes and votes[0].granted
     assert TermRecord(term=term, voted_for=2) in effects.persist
@@ -79,14 +72,14 @@ def test_a_restarted_replica_never_votes_twice_in_one_term() -> None:
     disk = cluster.sim.disks[1]
     term = _node(cluster, 1).raft.term + 1
     first = RequestVote(sender=2, term=term, final_height=0, last_height=0, last_term=0)
-    cluster._handle(1, _node(cluster, 1).raft.step(_signed(cluster, first)))  # type: ignore[arg-type]
+    cluster._handle(1, _node(cluster, 1).raft.step(cluster.signed(first)))  # type: ignore[arg-type]
     cluster.run("crash 1")
     cluster.run("restart 1")
     restarted = _node(cluster, 1)
     assert restarted.raft.term == term and restarted.raft.voted_for == 2  # from its disk
     cluster._handle(1, restarted.fall_back_now())
     second = RequestVote(sender=3, term=term, final_height=0, last_height=0, last_term=0)
-    effects = restarted.raft.step(_signed(cluster, second))  # type: ignore[arg-type]
+    effects = restarted.raft.step(cluster.signed(second))  # type: ignore[arg-type]
     votes = [s.message for s in effects.send if isinstance(s.message, Vote)]
     assert votes and not votes[0].granted
     assert len(disk) > 0
@@ -132,13 +125,13 @@ def test_votes_need_the_candidates_bft_final_height_and_an_up_to_date_log() -> N
     voter = _node(cluster, 1).raft
     term = voter.term + 1
     stale = RequestVote(sender=3, term=term, final_height=0, last_height=0, last_term=0)
-    effects = voter.step(_signed(cluster, stale))  # type: ignore[arg-type]
+    effects = voter.step(cluster.signed(stale))  # type: ignore[arg-type]
     assert not next(s.message for s in effects.send if isinstance(s.message, Vote)).granted
     voter.base = 5  # as if BFT had decided up to height 5 here
     behind = RequestVote(
         sender=2, term=term + 1, final_height=4, last_height=9, last_term=voter.last_term + 9
     )
-    effects = voter.step(_signed(cluster, behind))  # type: ignore[arg-type]
+    effects = voter.step(cluster.signed(behind))  # type: ignore[arg-type]
     assert not next(s.message for s in effects.send if isinstance(s.message, Vote)).granted
 
 
@@ -159,7 +152,7 @@ def test_entries_at_or_below_the_bft_final_height_are_never_taken() -> None:
         commit_height=leader.commit_height,
         election=leader.election,
     )
-    follower.step(_signed(cluster, below))  # type: ignore[arg-type]
+    follower.step(cluster.signed(below))  # type: ignore[arg-type]
     assert follower.log == before
     with pytest.raises(AssertionError, match="below the BFT-final height"):
         follower._truncate(follower.base)
@@ -189,7 +182,7 @@ def test_a_fallback_leader_that_equivocates_or_forges_is_evidence_and_changes_no
         election=leader.election,
     )
     before = follower.evidence_count
-    follower.step(_signed(cluster, equivocation))  # type: ignore[arg-type]
+    follower.step(cluster.signed(equivocation))  # type: ignore[arg-type]
     assert follower.evidence_count == before + 1 and "two blocks" in follower.evidence[-1]
     assert follower.log == held
     # A block whose header does not match its execution, at the next height.
@@ -200,7 +193,7 @@ def test_a_fallback_leader_that_equivocates_or_forges_is_evidence_and_changes_no
         prev_digest=entry.block.digest,
         entries=(LogEntry(term=leader.term, block=Block(header=bad, requests=())),),
     )
-    follower.step(_signed(cluster, forged))  # type: ignore[arg-type]
+    follower.step(cluster.signed(forged))  # type: ignore[arg-type]
     assert "invalid fallback block" in follower.evidence[-1]
     assert follower.log == held
     # An append signed by someone else, and one without an election behind it.
@@ -210,7 +203,7 @@ def test_a_fallback_leader_that_equivocates_or_forges_is_evidence_and_changes_no
     no_election = dataclasses.replace(
         forged, term=leader.term + 5, election=dataclasses.replace(leader.election, votes=())
     )
-    follower.step(_signed(cluster, no_election))  # type: ignore[arg-type]
+    follower.step(cluster.signed(no_election))  # type: ignore[arg-type]
     assert "without an election" in follower.evidence[-1]
     assert follower.log == held
 
@@ -306,7 +299,7 @@ def test_a_propose_other_than_the_sync_suffix_is_refused_without_blame() -> None
     propose = Propose(
         sender=leader.id, regency=follower.regency, height=follower.height, block=forged
     )
-    effects = follower.step(_signed(cluster, propose))  # type: ignore[arg-type]
+    effects = follower.step(cluster.signed(propose))  # type: ignore[arg-type]
     assert not follower.evidence
     assert follower.proposals[follower.regency].digest == suffix[1].digest
     assert not [s for s in effects.send if type(s.message).__name__ == "Write"]

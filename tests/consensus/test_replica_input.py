@@ -34,12 +34,6 @@ def _cluster_with_open_proposal() -> tuple[ScriptedCluster, Propose]:
     return cluster, proposal
 
 
-def _signed(cluster: ScriptedCluster, message: Propose) -> Propose:
-    cleared = dataclasses.replace(message, signature=b"")
-    signature = cluster.sim.replica_signers[message.sender].sign(canonical(cleared))
-    return dataclasses.replace(message, signature=signature)
-
-
 def _step(cluster: ScriptedCluster, replica: int, message: object) -> list[str]:
     core = cluster.sim.core(replica)
     before = core.evidence_count
@@ -52,8 +46,7 @@ def _step(cluster: ScriptedCluster, replica: int, message: object) -> list[str]:
 def test_proposal_with_wrong_parent_is_evidence_and_starts_a_regency_change() -> None:
     cluster, proposal = _cluster_with_open_proposal()
     header = dataclasses.replace(proposal.block.header, parent_hash=bytes(32))
-    bad = _signed(
-        cluster,
+    bad = cluster.signed(
         dataclasses.replace(proposal, block=Block(header=header, requests=proposal.block.requests)),
     )
     out = _step(cluster, 1, bad)
@@ -72,8 +65,8 @@ def test_proposal_with_undecodable_or_unsigned_request_is_refused() -> None:
     header = dataclasses.replace(
         proposal.block.header, body_hash=body, merkle_root=block_merkle(body, (forged,))[0]
     )
-    bad = _signed(
-        cluster, dataclasses.replace(proposal, block=Block(header=header, requests=(forged,)))
+    bad = cluster.signed(
+        dataclasses.replace(proposal, block=Block(header=header, requests=(forged,)))
     )
     out = _step(cluster, 2, bad)
     assert any("not a valid client request" in line for line in out)
@@ -82,8 +75,7 @@ def test_proposal_with_undecodable_or_unsigned_request_is_refused() -> None:
 def test_header_whose_body_was_swapped_is_refused() -> None:
     cluster, proposal = _cluster_with_open_proposal()
     other = dataclasses.replace(proposal.block.requests[0], request_number=99)
-    bad = _signed(
-        cluster,
+    bad = cluster.signed(
         dataclasses.replace(proposal, block=Block(header=proposal.block.header, requests=(other,))),
     )
     assert any("body hash mismatch" in line for line in _step(cluster, 2, bad))
@@ -94,8 +86,7 @@ def test_far_future_timestamp_is_refused() -> None:
     header = dataclasses.replace(
         proposal.block.header, timestamp=proposal.block.header.timestamp + 10**15
     )
-    bad = _signed(
-        cluster,
+    bad = cluster.signed(
         dataclasses.replace(proposal, block=Block(header=header, requests=proposal.block.requests)),
     )
     assert any("too far ahead" in line for line in _step(cluster, 3, bad))

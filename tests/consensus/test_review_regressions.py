@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 from consensus.effects import DecidedRecord
-from consensus.encoding import canonical
 from consensus.messages import (
     Accept,
     Block,
     Blocks,
     DecidedBlock,
-    PeerMessage,
     Propose,
     Stop,
     StopData,
@@ -24,12 +22,6 @@ from consensus.messages import (
     Write,
 )
 from sim.script import ScriptedCluster
-
-
-def _signed(cluster: ScriptedCluster, message: PeerMessage) -> PeerMessage:
-    cleared = dataclasses.replace(message, signature=b"")
-    signature = cluster.sim.replica_signers[message.sender].sign(canonical(cleared))
-    return dataclasses.replace(cleared, signature=signature)
 
 
 def _decide(cluster: ScriptedCluster, blocks: int, without: int | None = None) -> None:
@@ -63,8 +55,7 @@ def test_a_leader_cannot_stand_in_for_the_replica_it_syncs() -> None:
     r0 = cluster.sim.core(0)
     assert r0.best_proof is not None
     genesis = cluster.sim.genesis.header
-    leader_entry = _signed(
-        cluster,
+    leader_entry = cluster.signed(
         StopData(
             sender=1,
             regency=1,
@@ -82,10 +73,9 @@ def test_a_leader_cannot_stand_in_for_the_replica_it_syncs() -> None:
         decided_certificate=None,
         proof=None,
     )  # not signed by r0
-    third = _signed(cluster, dataclasses.replace(leader_entry, sender=3))
+    third = cluster.signed(dataclasses.replace(leader_entry, sender=3))
     other = cluster.sim.core(1)._build_block([])  # a different block B
-    sync = _signed(
-        cluster,
+    sync = cluster.signed(
         Sync(sender=1, regency=1, height=1, block=other, stop_data=(leader_entry, stand_in, third)),
     )
     r0.step(sync)
@@ -104,10 +94,10 @@ def test_catch_up_refuses_a_certified_header_with_a_forged_body() -> None:
     bad = DecidedBlock(
         block=Block(header=good.block.header, requests=forged), certificate=good.certificate
     )
-    effects = r3.step(_signed(cluster, Blocks(sender=1, checkpoint=None, blocks=(bad,))))
+    effects = r3.step(cluster.signed(Blocks(sender=1, checkpoint=None, blocks=(bad,))))
     assert r3.decided_height == 0 and not effects.persist
     assert "forged body" in _evidence(cluster, 3)
-    r3.step(_signed(cluster, Blocks(sender=1, checkpoint=None, blocks=(good,))))
+    r3.step(cluster.signed(Blocks(sender=1, checkpoint=None, blocks=(good,))))
     assert r3.decided_height == 1  # the genuine block still goes through
 
 
@@ -120,8 +110,7 @@ def test_a_garbage_checkpoint_snapshot_changes_nothing() -> None:
     assert checkpoint is not None and r3.decided_height == 2
     before = r3.sm.state_hash()
     r3.step(
-        _signed(
-            cluster,
+        cluster.signed(
             Blocks(
                 sender=2, checkpoint=dataclasses.replace(checkpoint, snapshot=b"garbage"), blocks=()
             ),
@@ -134,7 +123,7 @@ def test_a_garbage_checkpoint_snapshot_changes_nothing() -> None:
         for r in cluster.sim.disks[0]
         if isinstance(r, DecidedRecord) and r.decided.block.header.height == 3
     )
-    r3.step(_signed(cluster, Blocks(sender=2, checkpoint=None, blocks=(third,))))
+    r3.step(cluster.signed(Blocks(sender=2, checkpoint=None, blocks=(third,))))
     assert r3.decided_height == 3
 
 
@@ -160,9 +149,9 @@ def test_far_future_messages_cannot_fill_the_buffer() -> None:
     r0 = cluster.sim.core(0)
     digest = bytes(32)
     for height in range(2, 3000):
-        r0.step(_signed(cluster, Accept(sender=1, regency=0, height=height, digest=digest)))
+        r0.step(cluster.signed(Accept(sender=1, regency=0, height=height, digest=digest)))
     for regency in range(1, 3000):
-        r0.step(_signed(cluster, Stop(sender=1, regency=regency)))
+        r0.step(cluster.signed(Stop(sender=1, regency=regency)))
     assert len(r0.future) <= r0.cfg.future_messages_max // r0.n
     assert max(r0.stops, default=0) <= r0.regency + r0.n + 1
 
@@ -211,8 +200,7 @@ def test_future_stop_data_cannot_overflow_the_buffer() -> None:
     genesis = cluster.sim.genesis.header
     for k in range(1, 600):
         r0.step(
-            _signed(
-                cluster,
+            cluster.signed(
                 StopData(
                     sender=1,
                     regency=4 * k,
@@ -225,7 +213,7 @@ def test_future_stop_data_cannot_overflow_the_buffer() -> None:
         )
     assert len(r0.future) <= r0.cfg.future_messages_max // r0.n
     digest = bytes(32)
-    r0.step(_signed(cluster, Accept(sender=2, regency=0, height=2, digest=digest)))  # no crash
+    r0.step(cluster.signed(Accept(sender=2, regency=0, height=2, digest=digest)))  # no crash
 
 
 def test_following_a_regency_by_sync_still_waits_for_its_sync() -> None:
@@ -234,14 +222,13 @@ def test_following_a_regency_by_sync_still_waits_for_its_sync() -> None:
     _decide(cluster, 1, without=3)
     r = [cluster.sim.core(i) for i in range(4)]
     for sender in (0, 1, 2):
-        stop = _signed(cluster, Stop(sender=sender, regency=1))
+        stop = cluster.signed(Stop(sender=sender, regency=1))
         for target in (0, 2):
             if target != sender:
                 cluster._handle(target, r[target].step(stop))
     stop_data = [m for _, dst, m in cluster.queue if isinstance(m, StopData) and dst == "r1"]
     cluster.queue.clear()
-    leader_entry = _signed(
-        cluster,
+    leader_entry = cluster.signed(
         StopData(
             sender=1,
             regency=1,
@@ -251,8 +238,7 @@ def test_following_a_regency_by_sync_still_waits_for_its_sync() -> None:
             proof=None,
         ),
     )
-    sync = _signed(
-        cluster,
+    sync = cluster.signed(
         Sync(
             sender=1,
             regency=1,
@@ -264,7 +250,7 @@ def test_following_a_regency_by_sync_still_waits_for_its_sync() -> None:
     r[3].step(sync)
     assert r[3].regency == 1 and r[3].in_sync  # adopted, and waiting for that regency's SYNC
     other = ScriptedCluster().sim.core(1)._build_block([])  # a block for the decided height 1
-    effects = r[3].step(_signed(cluster, Propose(sender=1, regency=1, height=1, block=other)))
+    effects = r[3].step(cluster.signed(Propose(sender=1, regency=1, height=1, block=other)))
     assert not any(isinstance(s.message, Write) for s in effects.send)
 
 
@@ -279,7 +265,7 @@ def test_replicas_stranded_in_different_regencies_meet_again() -> None:
 
     def install(replica: int, regency: int, signers: tuple[int, ...]) -> None:
         for signer in signers:
-            core(replica).step(_signed(cluster, Stop(sender=signer, regency=regency)))
+            core(replica).step(cluster.signed(Stop(sender=signer, regency=regency)))
         assert core(replica).regency == regency
 
     install(0, 4, (1, 2, 3))  # r0 saw a quorum for 4 that r2 and r3 never completed

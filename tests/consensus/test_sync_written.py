@@ -14,15 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from consensus.encoding import canonical
-from consensus.messages import Block, PeerMessage, StopData, Sync, WrittenBlock
+from consensus.messages import Block, StopData, Sync, WrittenBlock
 from sim.script import ScriptedCluster
-
-
-def _signed(cluster: ScriptedCluster, message: PeerMessage) -> PeerMessage:
-    cleared = dataclasses.replace(message, signature=b"")
-    signature = cluster.sim.replica_signers[message.sender].sign(canonical(cleared))
-    return dataclasses.replace(cleared, signature=signature)
 
 
 def _proof_held_by_r0_only(cluster: ScriptedCluster) -> Block:
@@ -97,14 +90,13 @@ def test_a_sync_ignoring_the_written_block_is_refused() -> None:
     r1, r2 = cluster.sim.core(1), cluster.sim.core(2)
     other = r1._build_block([])  # a block nobody WROTE
     assert other is not None and other.digest != written.digest
-    lying = _signed(
-        cluster,
+    lying = cluster.signed(
         Sync(sender=1, regency=1, height=1, block=other, stop_data=tuple(stop_data[:3])),
     )
     r2.step(lying)
     assert "did not re-propose the highest WRITTEN block" in "\n".join(r2.evidence)
     assert 1 not in r2.proposals  # no WRITE for it
-    honest = _signed(cluster, dataclasses.replace(lying, block=written, signature=b""))
+    honest = cluster.signed(dataclasses.replace(lying, block=written, signature=b""))
     r2.step(honest)
     assert r2.proposals.get(1) == written
 
@@ -123,7 +115,7 @@ def test_stop_data_with_a_misplaced_written_block_is_refused() -> None:
         (WrittenBlock(regency=1, block=written), "WRITE in a regency not yet over"),
     ):
         r1.stop_data.get(1, {}).pop(2, None)
-        forged = _signed(cluster, dataclasses.replace(genuine, written=bad, signature=b""))
+        forged = cluster.signed(dataclasses.replace(genuine, written=bad, signature=b""))
         r1.step(forged)
         assert why in "\n".join(r1.evidence)
         assert 2 not in r1.stop_data.get(1, {})
