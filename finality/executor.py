@@ -57,6 +57,7 @@ from finality.exposure import (
     withhold_chains,
 )
 from finality.gate import (
+    ALLOW,
     NO_ARTIFACTS,
     Action,
     AgentGate,
@@ -348,6 +349,7 @@ class LedgerExecutor:
             verdicts=encode_verdicts(
                 (index, event, verdict)
                 for index, verdicts in enumerate(screened)
+                if verdicts.count(ALLOW) != len(verdicts)  # else nothing to encode
                 for event, verdict in enumerate(verdicts)
             ),
         )
@@ -375,6 +377,12 @@ class LedgerExecutor:
         provisional: bool,
     ) -> tuple[list[int], int]:
         """Gate, screen (in fallback) and post one request; (codes, next cursor)."""
+        if not provisional and transfers and verdicts.count(ALLOW) == len(verdicts):
+            # The common case, on every replica for every transfer: no agent objected
+            # and no exposure limit applies, so all of them go to the ledger.
+            batch_timestamp = cursor + len(transfers) - 1
+            results = self._ledger.create_transfers(transfers, batch_timestamp)
+            return [int(result) for result in results], batch_timestamp + 1
         denied: list[int | None] = [
             int(FinalityResult.DENIED_BY_POLICY) if v.action == Action.DENY else None
             for v in verdicts

@@ -32,7 +32,9 @@ from ledger import Account, Transfer, TransferFlags
 
 U32_MAX = (1 << 32) - 1
 U128_MAX = (1 << 128) - 1
-_POST_OR_VOID = TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
+# A plain int: ``int & IntFlag`` goes through enum's Python-level operator, once per
+# transfer on every replica.
+_POST_OR_VOID = int(TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
 
 
 class Action(IntEnum):
@@ -199,7 +201,7 @@ class AmountLimitPolicy:
     so only new transfers are screened."""
 
     def decide(self, transfer: Transfer, view: LedgerView, artifacts: Artifacts) -> Verdict | None:
-        if transfer.flags & _POST_OR_VOID or artifacts.empty:
+        if artifacts.empty or transfer.flags & _POST_OR_VOID:
             return None
         limit = artifacts.account_limit(transfer.debit_account_id)
         if limit is not None and transfer.amount > limit:
@@ -217,16 +219,16 @@ class AgentGate:
     def screen(
         self, transfers: Sequence[Transfer], view: LedgerView, artifacts: Artifacts
     ) -> list[Verdict]:
-        """One verdict per transfer: the first agent's DENY, else ALLOW."""
-        verdicts = []
-        for transfer in transfers:
-            verdict = ALLOW
-            for agent in self.agents:
+        """One verdict per transfer: the first agent's DENY, else ALLOW (the very
+        ``ALLOW`` object, so callers may count them by identity)."""
+        agents = self.agents
+        verdicts = [ALLOW] * len(transfers)
+        for index, transfer in enumerate(transfers):
+            for agent in agents:
                 decided = agent.decide(transfer, view, artifacts)
                 if decided is not None and decided.action == Action.DENY:
-                    verdict = decided
+                    verdicts[index] = decided
                     break
-            verdicts.append(verdict)
         return verdicts
 
 
