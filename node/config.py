@@ -92,6 +92,7 @@ _TUNING_KEYS: Final = frozenset(Tuning.__dataclass_fields__)
 # Frames must stay well inside gRPC's message bound (node.transport), and a receiver
 # refuses frames with more messages than its own frame_messages_max: keep these equal
 # on every replica.
+_TUNING_MIN: Final = {"snapshot_chunk_bytes": 4096}  # a transfer in 1-byte chunks never ends
 _TUNING_MAX: Final = {
     "frame_bytes_max": 16 * 1024 * 1024,
     "frame_messages_max": 4096,
@@ -375,7 +376,9 @@ def _tuning(top: _Table) -> Tuning:
         if isinstance(default, bool):
             values[key] = table.flag(key, default)
         else:
-            values[key] = table.integer(key, 1, _TUNING_MAX.get(key, 2**31), default)
+            values[key] = table.integer(
+                key, _TUNING_MIN.get(key, 1), _TUNING_MAX.get(key, 2**31), default
+            )
     table.finish()
     return Tuning(**values)  # type: ignore[arg-type]  # keys and types come from Tuning
 

@@ -27,8 +27,14 @@ past it.  A checkpoint snapshot larger than ``snapshot_chunk_bytes`` comes in
 ``SnapshotChunk``s instead, one per ``FetchChunk``, all from one peer: the first
 carries the certified checkpoint without its snapshot, and the assembled snapshot is
 installed only if it restores to the state hash q replicas signed (else the peer is
-blamed and nothing changes).  A peer answers at most one chunk per requester per tick
-and keeps its previous checkpoint servable, so a transfer may outlast one interval.
+blamed and nothing changes).  Only a peer asked lately may start a transfer; every
+chunk but the last must be a full one (``snapshot_chunk_bytes``, equal across the
+cluster), and the whole must arrive within ``chunk_ticks_max`` ticks per chunk (plus
+``chunk_stall_ticks``), or the peer is blamed and another asked.  A peer sends at most
+one chunk per requester per tick, whatever asked for it, and keeps its previous
+checkpoint and the decided blocks above it servable, so a transfer may take up to
+about two checkpoint intervals.  Snapshots over ``snapshot_bytes_max`` (1 GiB) are
+neither sent nor taken.
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ class _Assembly:
     checkpoint: StableCheckpoint  # certified, without its snapshot
     total: int
     progress_tick: int
+    deadline_tick: int  # the whole snapshot by then, or the peer is too slow (or lying)
     data: bytearray = field(default_factory=bytearray)
 
 
@@ -127,8 +134,9 @@ class ReplicaConfig:
     # Chunked state transfer: a checkpoint snapshot larger than one chunk is sent in
     # chunks of this many bytes (``SnapshotChunk``), each asked for by ``FetchChunk``.
     snapshot_chunk_bytes: int = 4 * 1024 * 1024
-    snapshot_bytes_max: int = 1 << 30  # a snapshot claimed larger is refused
+    snapshot_bytes_max: int = 1 << 30  # a larger snapshot is neither sent nor taken
     chunk_stall_ticks: int = 200  # an assembly without a new chunk this long is dropped
+    chunk_ticks_max: int = 10  # and one taking longer than this per chunk (plus the above)
     # Deliberately unsafe variants, only for tests that prove the checkers can fail.
     unsafe_quorum: int | None = None
     unsafe_skip_sync_reproposal: bool = False
@@ -261,6 +269,7 @@ class BftReplica:
         self.answered: dict[int, int] = {}  # peer -> tick of the last fetch answered
         self.chunk_answered: dict[int, int] = {}  # peer -> tick of the last chunk sent
         self.chunk_wanted: dict[int, FetchChunk] = {}  # asks held for the next tick
+        self.asked: dict[int, int] = {}  # peer -> tick of our last FetchBlocks to it
         self.assembly: _Assembly | None = None  # a snapshot arriving in chunks
         self.checkpoint_votes: dict[int, dict[int, CheckpointVote]] = {}
         self.checkpoint_pending: dict[int, tuple[bytes, BlockHeader, Certificate]] = {}
@@ -1433,15 +1442,19 @@ class BftReplica:
         self._make_stable(stable)
         self._trace(f"checkpoint h{stable.height} stable")
 
-    def _make_stable(self, stable: StableCheckpoint) -> None:
+    def _make_stable(self, stable: StableCheckpoint, keep_previous: bool = True) -> None:
+        # The checkpoint before, and the decided blocks after it, stay servable: a peer
+        # fetching that checkpoint in chunks may need longer than one interval, and then
+        # needs the blocks above it (a checkpoint installed from a peer has no blocks
+        # below it here, so nothing is kept then).
+        previous = self.base_checkpoint if keep_previous else None
+        kept_after = previous.height if previous is not None else stable.height
         self.base_height = stable.height
         self.base_header = stable.header
         self.base_snapshot = stable.snapshot
-        # The one before stays servable: a peer fetching it in chunks may need longer
-        # than one checkpoint interval.
-        self.previous_checkpoint = self.base_checkpoint
+        self.previous_checkpoint = previous
         self.base_checkpoint = stable
-        self.log = {h: b for h, b in self.log.items() if h > stable.height}
+        self.log = {h: b for h, b in self.log.items() if h > kept_after}
         self.checkpoint_pending = {
             h: p for h, p in self.checkpoint_pending.items() if h > stable.height
         }
@@ -1452,7 +1465,7 @@ class BftReplica:
     def _install_checkpoint(self, stable: StableCheckpoint) -> None:
         self.sm.restore(stable.snapshot, stable.header.state_hash)
         self.owner.holder = "bft"
-        self._make_stable(stable)
+        self._make_stable(stable, keep_previous=False)
         self.decided_height = stable.height
         self.last_header = stable.header
         self.last_certificate = stable.certificate
@@ -1490,15 +1503,19 @@ class BftReplica:
     def _fetch(self) -> None:
         assembly = self.assembly
         if assembly is not None:
-            stalled = self.ticks - assembly.progress_tick > self.cfg.chunk_stall_ticks
-            if not stalled and assembly.checkpoint.height > self.decided_height:
+            if assembly.checkpoint.height <= self.decided_height:
+                self.assembly = None  # caught up another way
+            elif (
+                self.ticks - assembly.progress_tick > self.cfg.chunk_stall_ticks
+                or self.ticks > assembly.deadline_tick
+            ):
+                self._drop_assembly("too slow")
+            else:
                 self._fetch_chunk(assembly)
                 return
-            self._trace(f"snapshot h{assembly.checkpoint.height} from {assembly.peer} dropped "
-                        f"at {len(assembly.data)} of {assembly.total} bytes")  # fmt: skip
-            self.assembly = None
         if self.fetch_peer == self.id:
             self.fetch_peer = (self.id + 1) % self.n
+        self.asked[self.fetch_peer] = self.ticks
         self._send(
             self.fetch_peer,
             self._sign(FetchBlocks(sender=self.id, after_height=self.decided_height)),
@@ -1527,14 +1544,15 @@ class BftReplica:
     def _answer_fetch(self, peer: int, after_height: int) -> None:
         checkpoint = None
         start = after_height + 1
-        if start <= self.base_height:
+        if start <= self.base_height and start not in self.log:
             checkpoint = self.base_checkpoint
             if checkpoint is None:
                 return  # genesis base: nothing older to send
             if len(checkpoint.snapshot) > self.cfg.snapshot_chunk_bytes:
                 # Too large for one message: its first chunk; the peer asks for the rest,
-                # then for the blocks above it.
-                self._send_chunk(peer, checkpoint, 0)
+                # then for the blocks above it.  Within the per-tick budget of chunks.
+                if self._chunk_budget(peer):
+                    self._send_chunk(peer, checkpoint, 0)
                 return
             start = checkpoint.height + 1
         blocks = tuple(self.log[h] for h in range(start, self.decided_height + 1) if h in self.log)[
@@ -1594,6 +1612,9 @@ class BftReplica:
 
     def _send_chunk(self, peer: int, stable: StableCheckpoint, offset: int) -> None:
         snapshot = stable.snapshot
+        if len(snapshot) > self.cfg.snapshot_bytes_max:
+            self._trace(f"snapshot h{stable.height} over snapshot_bytes_max: not sent")
+            return
         chunk = SnapshotChunk(
             sender=self.id,
             checkpoint=replace(stable, snapshot=b""),
@@ -1611,11 +1632,17 @@ class BftReplica:
         )
         self._send(assembly.peer, self._sign(fetch))
 
+    def _chunk_budget(self, peer: int) -> bool:
+        """At most one chunk per peer per tick, whatever asked for it (each carries
+        megabytes, and a peer could ask for thousands); True: one may go now."""
+        if self.chunk_answered.get(peer) == self.ticks:
+            return False
+        self.chunk_answered[peer] = self.ticks
+        return True
+
     def _on_fetch_chunk(self, fetch: FetchChunk) -> None:
         if self.chunk_answered.get(fetch.sender) == self.ticks:
-            # At most one chunk per peer per tick (each carries megabytes, and a peer
-            # could ask for thousands): the latest ask is answered at the next tick.
-            self.chunk_wanted[fetch.sender] = fetch
+            self.chunk_wanted[fetch.sender] = fetch  # the latest ask: at the next tick
             return
         self._answer_chunk(fetch)
 
@@ -1623,35 +1650,55 @@ class BftReplica:
         stable = self.base_checkpoint
         if stable is None or len(stable.snapshot) <= self.cfg.snapshot_chunk_bytes:
             return  # nothing to send in chunks: the peer's next FetchBlocks gets blocks
-        self.chunk_answered[fetch.sender] = self.ticks
+        if not self._chunk_budget(fetch.sender):
+            self.chunk_wanted[fetch.sender] = fetch
+            return
         previous = self.previous_checkpoint
         if previous is not None and fetch.checkpoint_height == previous.height:
             stable = previous
         offset = fetch.offset
         if fetch.checkpoint_height != stable.height or offset >= len(stable.snapshot):
             offset = 0  # a checkpoint no longer kept (or a wrong offset): the newest, over
+        if offset + self.cfg.snapshot_chunk_bytes >= len(stable.snapshot):
+            # The last chunk: the peer asks for the blocks above it next; answer that
+            # even if a FetchBlocks of it was answered lately.
+            self.answered.pop(fetch.sender, None)
         self._send_chunk(fetch.sender, stable, offset)
 
     def _on_snapshot_chunk(self, chunk: SnapshotChunk) -> None:
         stable = chunk.checkpoint
         if stable.height <= self.decided_height:
             return  # caught up meanwhile
+        if chunk.total > self.cfg.snapshot_bytes_max:
+            self._trace(
+                f"snapshot h{stable.height} of {chunk.total} bytes: over snapshot_bytes_max"
+            )
+            return  # a bound of ours, not necessarily the peer's fault
         if (
             stable.snapshot
             or not chunk.data
-            or not 0 < chunk.total <= self.cfg.snapshot_bytes_max
             or chunk.offset + len(chunk.data) > chunk.total
+            or len(chunk.data) < min(self.cfg.snapshot_chunk_bytes, chunk.total - chunk.offset)
         ):
             self._blame(chunk.sender, "malformed snapshot chunk")
+            if self.assembly is not None and self.assembly.peer == chunk.sender:
+                self.assembly = None
             return
         assembly = self.assembly
         if assembly is None or stable.height > assembly.checkpoint.height:
-            if chunk.offset != 0:
-                return  # a late answer to an assembly given up: wait for a first chunk
+            asked = self.asked.get(chunk.sender)
+            if (
+                chunk.offset != 0
+                or asked is None
+                or self.ticks - asked > self.cfg.chunk_stall_ticks
+            ):
+                return  # only a peer asked lately may start one (a late or unasked answer)
             if not self._checkpoint_valid(stable):
                 self._blame(chunk.sender, "forged checkpoint")
                 return
-            assembly = _Assembly(chunk.sender, stable, chunk.total, self.ticks)
+            chunks = -(-chunk.total // self.cfg.snapshot_chunk_bytes)
+            deadline = self.ticks + self.cfg.chunk_stall_ticks + chunks * self.cfg.chunk_ticks_max
+            assembly = _Assembly(chunk.sender, stable, chunk.total, self.ticks, deadline)
             self.assembly = assembly
             self._trace(f"snapshot h{stable.height} from {chunk.sender}: {chunk.total} bytes")
         elif (
@@ -1670,6 +1717,20 @@ class BftReplica:
         if self._take_checkpoint(replace(stable, snapshot=bytes(assembly.data)), chunk.sender):
             self._schedule_fetch(chunk.sender)  # the blocks above the checkpoint
             self._caught_up(chunk.sender)
+        else:
+            self.fetch_peer = (chunk.sender + 1) % self.n  # ask another peer next
+
+    def _drop_assembly(self, why: str) -> None:
+        """Give up a snapshot arriving in chunks: blame its peer, ask another next."""
+        assembly = self.assembly
+        assert assembly is not None
+        self.assembly = None
+        self._blame(
+            assembly.peer,
+            f"snapshot h{assembly.checkpoint.height} {why}: {len(assembly.data)} of "
+            f"{assembly.total} bytes by tick {self.ticks}",
+        )
+        self.fetch_peer = (assembly.peer + 1) % self.n
 
     def _reset_instance(self) -> None:
         self.proposals.clear()

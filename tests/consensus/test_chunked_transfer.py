@@ -96,8 +96,8 @@ def test_a_forged_chunk_is_refused_and_an_honest_peer_still_serves_the_snapshot(
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"total": (1 << 30) + 1}, "malformed snapshot chunk"),  # over snapshot_bytes_max
         ({"data": b""}, "malformed snapshot chunk"),
+        ({"data": b"\0"}, "malformed snapshot chunk"),  # a drip: less than a chunk, not the end
         ({"offset": 1 << 20}, "malformed snapshot chunk"),  # past the end it claims
         ({"checkpoint_snapshot": b"x"}, "malformed snapshot chunk"),  # a manifest with bytes
         ({"checkpoint_votes": ()}, "forged checkpoint"),  # no quorum signed its state
@@ -117,6 +117,85 @@ def test_a_malformed_first_chunk_is_blamed_and_starts_nothing(
     core(3).step(cluster.signed(bad))
     assert core(3).assembly is None and core(3).decided_height == 0
     assert any(problem in e for e in core(3).evidence), core(3).evidence
+
+
+def test_a_snapshot_over_our_bound_is_not_taken_and_no_one_is_blamed() -> None:
+    cluster = _lagging_cluster()
+    core = cluster.sim.core
+    first = _intercept(cluster)
+    huge = cluster.signed(dataclasses.replace(first, total=(1 << 30) + 1))
+    core(3).step(huge)
+    assert core(3).assembly is None and core(3).evidence_count == 0
+
+
+def test_an_unasked_first_chunk_starts_nothing() -> None:
+    cluster = _lagging_cluster()
+    core = cluster.sim.core
+    first = _intercept(cluster)
+    from_r2 = cluster.signed(dataclasses.replace(first, sender=2))  # r3 asked r0, not r2
+    core(3).step(from_r2)
+    assert core(3).assembly is None
+
+
+def test_catch_up_completes_while_the_cluster_keeps_deciding() -> None:
+    """The transfer takes longer than a checkpoint interval: the checkpoint it started
+    with stays servable, and so do the blocks above it."""
+    cluster = ScriptedCluster(checkpoint_interval=2, snapshot_chunk_bytes=4096)
+    cluster.run("crash 3")
+    for _ in range(7):
+        cluster.run("request client=0 transfers=100")
+        for _ in range(5):
+            cluster.run("stabilize")
+            cluster.run("tick")
+    core = cluster.sim.core
+    assert len(core(0).base_checkpoint.snapshot) > 10 * 4096  # over ten chunks
+    cluster.run("restart 3")
+    for tick in range(3000):
+        if tick % 10 == 0:
+            cluster.run("request client=0 transfers=1")  # a block every few ticks
+        cluster.run("stabilize")
+        cluster.run("tick")
+        if core(3).decided_height == core(0).decided_height:
+            break
+    assert core(3).decided_height == core(0).decided_height > 7
+    assert core(3).sm.state_hash() == core(0).sm.state_hash()
+    assert core(3).evidence_count == 0
+
+
+def test_a_peer_that_starts_a_snapshot_and_stalls_is_blamed_and_another_serves_it() -> None:
+    """r0 turns Byzantine: it opens a transfer of a 1 MiB snapshot (well-formed first
+    chunk), never sends more and stops voting.  r3 must give it up, blame it, fetch from
+    an honest peer and join r1 and r2, the quorum without r0."""
+    cluster = _lagging_cluster()
+    core = cluster.sim.core
+    first = _intercept(cluster)
+    core(3).step(cluster.signed(dataclasses.replace(first, total=1 << 20)))
+    assert core(3).assembly is not None and core(3).assembly.peer == 0
+    cluster.run("crash 0")
+    for tick in range(3000):
+        if tick % 20 == 0:
+            cluster.run("request client=0 transfers=1")
+        cluster.run("stabilize")
+        cluster.run("tick")
+        if core(3).decided_height > 7 and core(3).decided_height == core(1).decided_height:
+            break
+    assert core(3).decided_height == core(1).decided_height > 7
+    assert any("snapshot h6 too slow" in e for e in core(3).evidence), core(3).evidence
+
+
+def test_stale_votes_do_not_buy_more_than_one_chunk_per_tick() -> None:
+    """Each stale-height vote makes a peer push a catch-up: chunks share the budget."""
+    cluster = _lagging_cluster()
+    r0 = cluster.sim.core(0)
+    from consensus.messages import Write
+
+    sent = []
+    for height in range(1, 7):
+        vote = cluster.signed(Write(sender=3, regency=0, height=height, digest=bytes(32)))
+        sent += [s.message for s in r0.step(vote).send]
+    ask = cluster.signed(FetchChunk(sender=3, checkpoint_height=r0.base_height, offset=CHUNK))
+    sent += [s.message for s in r0.step(ask).send]
+    assert sum(isinstance(m, SnapshotChunk) for m in sent) == 1
 
 
 def test_chunks_out_of_order_or_from_another_peer_are_ignored() -> None:
