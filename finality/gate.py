@@ -219,8 +219,8 @@ class AgentGate:
     def screen(
         self, transfers: Sequence[Transfer], view: LedgerView, artifacts: Artifacts
     ) -> list[Verdict]:
-        """One verdict per transfer: the first agent's DENY, else ALLOW (the very
-        ``ALLOW`` object, so callers may count them by identity)."""
+        """One verdict per transfer: the first agent's DENY, else ``ALLOW`` itself (so
+        ``verdicts.count(ALLOW)`` is cheap: list.count tries identity first)."""
         agents = self.agents
         verdicts = [ALLOW] * len(transfers)
         for index, transfer in enumerate(transfers):
