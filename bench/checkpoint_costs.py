@@ -38,7 +38,8 @@ from ledger import Account, Ledger, Transfer, encode_accounts, encode_transfers
 REQUEST_TRANSFERS_MAX = 2000  # as the cluster benchmark's clients send them
 
 
-def _accounts_block(accounts: int) -> list[Request]:
+def accounts_block(accounts: int) -> list[Request]:
+    """Requests creating accounts 1..``accounts`` (ledger 1, code 1), 8,000 a request."""
     records = [Account(id=i, ledger=1, code=1) for i in range(1, accounts + 1)]
     return [
         Request(client_id=9, request_number=1 + start, operation=OP_CREATE_ACCOUNTS,
@@ -47,10 +48,19 @@ def _accounts_block(accounts: int) -> list[Request]:
     ]  # fmt: skip
 
 
-def _block(rng: random.Random, first_id: int, size: int, accounts: int) -> list[Request]:
+def transfer_block(
+    rng: random.Random,
+    first_id: int,
+    size: int,
+    accounts: int,
+    per_request: int = REQUEST_TRANSFERS_MAX,
+) -> list[Request]:
+    """A block of ``size`` transfers of 1 between random accounts, with ids from
+    ``first_id``, in requests of ``per_request`` (one client each, as the cluster
+    benchmark's clients send them)."""
     requests = []
-    for part, start in enumerate(range(0, size, REQUEST_TRANSFERS_MAX)):
-        count = min(REQUEST_TRANSFERS_MAX, size - start)
+    for part, start in enumerate(range(0, size, per_request)):
+        count = min(per_request, size - start)
         transfers = []
         for i in range(count):
             debit, credit = rng.sample(range(1, accounts + 1), 2)
@@ -72,14 +82,14 @@ def _executor(track: bool) -> LedgerExecutor | None:
 def run_once(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     stamp = 10**18
-    blocks: list[tuple[list[Request], int]] = [(_accounts_block(args.accounts), stamp)]
+    blocks: list[tuple[list[Request], int]] = [(accounts_block(args.accounts), stamp)]
     next_id = 1
     while next_id <= args.transfers:
         stamp += 10_000_000
-        blocks.append((_block(rng, next_id, args.block, args.accounts), stamp))
+        blocks.append((transfer_block(rng, next_id, args.block, args.accounts), stamp))
         next_id += args.block
-    loser = _block(rng, 10**12, args.block, args.accounts)
-    winner = _block(rng, 2 * 10**12, args.block, args.accounts)
+    loser = transfer_block(rng, 10**12, args.block, args.accounts)
+    winner = transfer_block(rng, 2 * 10**12, args.block, args.accounts)
     warm = LedgerExecutor(Ledger())  # decoded requests are cached per process: fill it
     for requests, _ in [*blocks, (loser, 0), (winner, 0)]:
         for request in requests:

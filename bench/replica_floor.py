@@ -33,28 +33,15 @@ import statistics
 import time
 from typing import Any
 
+from checkpoint_costs import accounts_block, transfer_block  # the same workload
+
 from consensus.crypto import Ed25519Signer, Ed25519Verifier
 from consensus.encoding import canonical
-from consensus.messages import OP_CREATE_ACCOUNTS, Request
 from finality.executor import LedgerExecutor
-from ledger import Account, Ledger, Transfer, decode_transfers, encode_accounts, encode_transfers
+from ledger import Ledger, decode_transfers
 
 REPLICAS = 4
 ACCOUNTS = 10_000
-
-
-def _requests(rng: random.Random, first_id: int, block: int, size: int) -> list[Request]:
-    requests = []
-    for part, start in enumerate(range(0, block, size)):
-        transfers = []
-        for i in range(min(size, block - start)):
-            debit, credit = rng.sample(range(1, ACCOUNTS + 1), 2)
-            transfers.append(Transfer(id=first_id + start + i, debit_account_id=debit,
-                                      credit_account_id=credit, amount=1, ledger=1,
-                                      code=1))  # fmt: skip
-        requests.append(Request(client_id=part, request_number=first_id,
-                                transfers=encode_transfers(transfers)))  # fmt: skip
-    return requests
 
 
 def run_once(args: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -63,17 +50,15 @@ def run_once(args: argparse.Namespace, seed: int) -> dict[str, float]:
     verifier = Ed25519Verifier({0: signer.public_key_bytes()})
     executor = LedgerExecutor(Ledger(), track_changes=True)
     stamp = 10**18
-    accounts = [Account(id=i, ledger=1, code=1) for i in range(1, ACCOUNTS + 1)]
-    for start in range(0, ACCOUNTS, 8000):
+    for request in accounts_block(ACCOUNTS):
         stamp += 10_000_000
-        executor.execute([Request(client_id=9, request_number=1 + start,
-                                  operation=OP_CREATE_ACCOUNTS,
-                                  transfers=encode_accounts(accounts[start : start + 8000]))],
-                         stamp)  # fmt: skip
+        executor.execute([request], stamp)
     decode_s = execute_s = verify_s = 0.0
     transfers = 0
     for block_index in range(args.blocks):
-        requests = _requests(rng, 1 + block_index * args.block, args.block, args.request)
+        requests = transfer_block(
+            rng, 1 + block_index * args.block, args.block, ACCOUNTS, args.request
+        )
         signed = [(canonical(r), signer.sign(canonical(r))) for r in requests]
         started = time.process_time()
         for data, signature in signed:

@@ -18,13 +18,14 @@ from sim.simulation import SimConfig, Simulation
 CHUNK = 256
 
 
-def _lagging_cluster() -> ScriptedCluster:
-    """r3 is down while r0..r2 decide 7 blocks (stable checkpoints at h2, h4, h6), then
-    restarts from its empty disk: it can catch up only by state transfer."""
-    cluster = ScriptedCluster(checkpoint_interval=2, snapshot_chunk_bytes=CHUNK)
+def _lagging_cluster(chunk: int = CHUNK, transfers: int = 5) -> ScriptedCluster:
+    """r3 is down while r0..r2 decide 7 blocks of ``transfers`` (stable checkpoints at
+    h2, h4, h6), then restarts from its empty disk: it can catch up only by state
+    transfer, in chunks of ``chunk`` bytes."""
+    cluster = ScriptedCluster(checkpoint_interval=2, snapshot_chunk_bytes=chunk)
     cluster.run("crash 3")
     for _ in range(7):
-        cluster.run("request client=0 transfers=5")
+        cluster.run(f"request client=0 transfers={transfers}")
         for _ in range(5):
             cluster.run("stabilize")
             cluster.run("tick")
@@ -32,7 +33,7 @@ def _lagging_cluster() -> ScriptedCluster:
     assert [core(i).decided_height for i in range(4)] == [7, 7, 7, 0]
     stable = core(0).base_checkpoint
     assert stable is not None and stable.height == 6
-    assert len(stable.snapshot) > 4 * CHUNK  # several chunks
+    assert len(stable.snapshot) > 4 * chunk  # several chunks
     cluster.run("restart 3")
     return cluster
 
@@ -140,16 +141,9 @@ def test_an_unasked_first_chunk_starts_nothing() -> None:
 def test_catch_up_completes_while_the_cluster_keeps_deciding() -> None:
     """The transfer takes longer than a checkpoint interval: the checkpoint it started
     with stays servable, and so do the blocks above it."""
-    cluster = ScriptedCluster(checkpoint_interval=2, snapshot_chunk_bytes=4096)
-    cluster.run("crash 3")
-    for _ in range(7):
-        cluster.run("request client=0 transfers=100")
-        for _ in range(5):
-            cluster.run("stabilize")
-            cluster.run("tick")
+    cluster = _lagging_cluster(chunk=4096, transfers=100)
     core = cluster.sim.core
     assert len(core(0).base_checkpoint.snapshot) > 10 * 4096  # over ten chunks
-    cluster.run("restart 3")
     for tick in range(3000):
         if tick % 10 == 0:
             cluster.run("request client=0 transfers=1")  # a block every few ticks
