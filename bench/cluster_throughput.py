@@ -86,7 +86,7 @@ from cluster_transfers import ACCOUNTS, _wait_ready
 from ledger import Account, Transfer
 from node.client import Client, ClientError
 from node.cluster import start_replicas, stop_replicas
-from node.config import free_ports, init_cluster
+from node.config import Tuning, free_ports, init_cluster
 
 REPLICAS: Final = 4
 PYSYNCOBJ_NODES: Final = 3
@@ -247,15 +247,18 @@ class AegisCluster:
     """Four replica processes in a temporary directory, started and stopped by PID."""
 
     def __init__(self, directory: Path, clients: int, profile: Path | None = None,
-                 profiled_replica: int = 0) -> None:  # fmt: skip
+                 profiled_replica: int = 0, tuning: Tuning | None = None) -> None:  # fmt: skip
         self.directory = directory
         self.clients = clients
+        self.tuning = tuning  # None: the node's defaults
         self.profile = profile  # where cProfile writes the profiled replica's statistics
         self.profiled_replica = profiled_replica
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> AegisCluster:
-        self.layout = init_cluster(self.directory, replicas=REPLICAS, clients=self.clients)
+        self.layout = init_cluster(
+            self.directory, replicas=REPLICAS, clients=self.clients, tuning=self.tuning
+        )
         try:
             with uninterrupted():  # no process may start untracked
                 self.processes = start_replicas(self.layout.node_configs)
@@ -404,6 +407,12 @@ class AegisCluster:
             return None
 
 
+def _tuning(args: argparse.Namespace) -> Tuning | None:
+    if args.checkpoint_interval is None:
+        return None
+    return Tuning(checkpoint_interval=args.checkpoint_interval)
+
+
 def run_aegis(args: argparse.Namespace, run_index: int) -> dict[str, Any]:
     """Each phase on a fresh cluster (1000 accounts, no transfers yet), so no phase pays
     for the ledger an earlier one grew (checkpoints copy the whole ledger; README)."""
@@ -420,7 +429,11 @@ def run_aegis(args: argparse.Namespace, run_index: int) -> dict[str, Any]:
         with (
             tempfile.TemporaryDirectory(prefix="aegis-bench-") as directory,
             AegisCluster(
-                Path(directory) / "cluster", OPEN_LOOP_CLIENTS_MAX, profile, args.profile_replica
+                Path(directory) / "cluster",
+                OPEN_LOOP_CLIENTS_MAX,
+                profile,
+                args.profile_replica,
+                _tuning(args),
             ) as cluster,
         ):
             window = Window.after(0.2, args.warmup, args.duration)
@@ -828,6 +841,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(slows it: for finding where time goes, not for figures)")  # fmt: skip
     add("--profile-replica", type=int, default=0, choices=range(REPLICAS),
         help="which replica --profile profiles (0, the first leader)")  # fmt: skip
+    add("--checkpoint-interval", type=int, metavar="BLOCKS",
+        help="our replicas' checkpoint interval (the node's default, "
+        f"{Tuning().checkpoint_interval}); a large one keeps checkpoints out of the "
+        "windows, to see what they cost")  # fmt: skip
     add("--pysyncobj-node", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     defaults = {"duration": 2.0, "warmup": 0.5, "runs": 1} if args.quick else \
@@ -845,6 +862,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--pysyncobj-in-flight: comma-separated integers")
     if not args.pysyncobj_in_flight or min(args.pysyncobj_in_flight) <= 0:
         parser.error("--pysyncobj-in-flight: positive integers")
+    if args.checkpoint_interval is not None and args.checkpoint_interval <= 0:
+        parser.error("--checkpoint-interval must be positive")
     for name in ("duration", "runs", "clients", "batch", "small_batch", "latency_batch"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -869,7 +888,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for run_index in range(args.runs):
         runs.append(one_run(args, run_index))
         print(json.dumps(runs[-1]), flush=True)
-    summary = {"medians_of_runs": len(runs), "cpus": os.cpu_count(), **medians(runs)}
+    summary = {"medians_of_runs": len(runs), "cpus": os.cpu_count(),
+               "aegis_checkpoint_interval": (args.checkpoint_interval
+                                             or Tuning().checkpoint_interval),
+               **medians(runs)}  # fmt: skip
     summary["checks"] = checks(runs)
     summary["load_average_max"] = max(max(r["load_average_start"][0], r["load_average_end"][0])
                                       for r in runs)  # fmt: skip
