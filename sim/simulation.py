@@ -499,8 +499,7 @@ class Simulation:
         for reply in effects.replies:
             self.network.send(self.now, f"r{replica}", f"c{reply.client_id}", reply)
         if effects.persist:
-            # What the driver does after an fsync; the step may act on it (a leader builds
-            # its next block once its proposal is durable and sent).
+            # What the driver does after an fsync, effects included (none today).
             node = self.replicas[replica]
             self._handle(replica, node.step(Persisted(upto=len(self.disks[replica]))))
 

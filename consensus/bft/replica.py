@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar, assert_never
 
@@ -252,12 +252,6 @@ class BftReplica:
         self.written: WrittenBlock | None = None  # our highest-regency WRITE here, with its block
         self.speculative: bytes | None = None  # digest of the block executed on top
         self.speculative_execution: Execution | None = None
-        # The leader's next block, executed on top of its speculative proposal while the
-        # followers execute that proposal, and proposed the moment it is decided
-        # (``_maybe_build_next``).  Set only while ``speculative`` is that proposal.
-        self.next_block: Block | None = None
-        self.next_execution: Execution | None = None
-        self.proposal_seq = 0  # persist_seq of this leader's WRITE for its open proposal
         # Requests and catch-up.
         self.pending: dict[tuple[int, int], tuple[Request, int]] = {}
         self.client_decided: dict[int, int] = {}
@@ -289,7 +283,6 @@ class BftReplica:
             case Persisted(upto=upto):
                 assert upto <= self.persist_seq, (upto, self.persist_seq)
                 self.durable_upto = max(self.durable_upto, upto)
-                self._maybe_build_next()
             case Request():
                 self._on_request(message)
             case (
@@ -434,11 +427,7 @@ class BftReplica:
         assert len(self.pending) <= self.cfg.pending_requests_max
         assert self.regency <= self.stop_sent <= self.regency + self.n
         if self.speculative is not None:
-            assert self.speculative in {b.digest for b in self.proposals.values()} or (
-                self.next_block is not None and self.speculative == self.next_block.digest
-            )
-        if self.next_block is not None:
-            assert self.speculative is not None and self.owner.holder == "bft"
+            assert self.speculative in {b.digest for b in self.proposals.values()}
         if self.assembly is not None:
             assert len(self.assembly.data) < self.assembly.total <= self.cfg.snapshot_bytes_max
 
@@ -540,8 +529,6 @@ class BftReplica:
                 self.reproposals.clear()
                 return
             block = reproposal
-        elif (built := self._take_next_block()) is not None:
-            block = built
         else:
             built = self._build_block(self._take_requests())
             if built is None:
@@ -584,12 +571,10 @@ class BftReplica:
         self.reproposal_regency = -1
         self.sync_suffix = None
 
-    def _take_requests(self, exclude: Collection[tuple[int, int]] = ()) -> list[Request]:
+    def _take_requests(self) -> list[Request]:
         chosen: list[Request] = []
         events = 0
         for request, _ in self.pending.values():
-            if request.key in exclude:
-                continue
             if len(chosen) == self.cfg.block_requests_max:
                 break
             if events + request.events > self.cfg.block_events_max:
@@ -608,62 +593,6 @@ class BftReplica:
         header, execution = self._seal(requests, first)
         block = Block(header=header, requests=tuple(requests), verdicts=execution.verdicts)
         self.speculative = block.digest
-        self.speculative_execution = execution
-        return block
-
-    def _maybe_build_next(self) -> None:
-        """The leader executes its next block on top of its open proposal once that
-        proposal is on its way (its WRITE is durable, so the PROPOSE has been released):
-        the followers are executing the proposal meanwhile, and the next block can be
-        proposed the moment this one is decided instead of after executing it.  Nothing
-        is persisted or sent; the block is an ordinary proposal when it goes out.
-
-        Not at a checkpoint height (the decision snapshots the state, which must then be
-        the decided one), in fallback, during a regency change, or for a re-certified
-        suffix."""
-        if (
-            self.next_block is not None
-            or self.leader != self.id
-            or self.in_sync
-            or self.timers_paused
-            or self.owner.holder != "bft"
-            or not self.pending
-            or self.height % self.cfg.checkpoint_interval == 0
-            or self.reproposals
-            or self.durable_upto < self.proposal_seq
-        ):
-            return
-        proposal = self.proposals.get(self.regency)
-        if proposal is None or proposal.digest != self.speculative:
-            return
-        if self.votes.get(("write", self.regency, self.height)) != proposal.digest:
-            return
-        taken = {r.key for r in proposal.requests}
-        requests = self._take_requests(exclude=taken)
-        if not requests:
-            return
-        first = max(self.sm.last_timestamp() + 1, self._now_ns())
-        self.owner.holder = "bft"
-        header, execution = seal(self.sm, requests, parent=proposal.header, first=first)
-        self.next_block = Block(
-            header=header, requests=tuple(requests), verdicts=execution.verdicts
-        )
-        self.next_execution = execution
-        self._trace(f"built h{header.height} early, {len(requests)} requests")
-
-    def _take_next_block(self) -> Block | None:
-        """The block ``_maybe_build_next`` built, if it still fits on the decided chain
-        and the executor still holds it; else None (and it is forgotten)."""
-        block, execution = self.next_block, self.next_execution
-        self.next_block = self.next_execution = None
-        if (
-            block is None
-            or execution is None
-            or block.header.parent_hash != self.last_header.digest
-            or self.speculative != block.digest
-            or any(r.key not in self.pending for r in block.requests)
-        ):
-            return None
         self.speculative_execution = execution
         return block
 
@@ -794,7 +723,6 @@ class BftReplica:
                     block=block,
                 )
             )
-            self.proposal_seq = self.persist_seq
         if self.written is None or regency >= self.written.regency:
             self.written = WrittenBlock(regency=regency, block=block)
         write = self._sign(
@@ -891,16 +819,13 @@ class BftReplica:
         assert header.height == self.decided_height + 1
         if self.speculative == block.digest and self.speculative_execution is not None:
             execution = self.speculative_execution
-            if self.next_block is not None:
-                assert self.next_block.header.parent_hash == block.digest
         else:
             self._rollback_speculation()
             execution = self.sm.execute(
                 block.requests, header.timestamp, fallback_term=header.fallback_term
             )
             assert execution.state_hash == header.state_hash, "decided block diverged"
-        # The executor holds the leader's next block on top, if it built one.
-        self.speculative = None if self.next_block is None else self.next_block.digest
+        self.speculative = None
         self.speculative_execution = None
         self.log[header.height] = decided
         self.decided_height = header.height
@@ -998,8 +923,6 @@ class BftReplica:
             assert execution.state_hash == header.state_hash
         self.speculative = None
         self.speculative_execution = None
-        self.next_block = None
-        self.next_execution = None
         self.owner.holder = "bft"
 
     # ================================================================ regency change
@@ -1405,7 +1328,6 @@ class BftReplica:
     # ================================================================ checkpoints
 
     def _vote_checkpoint(self, decided: DecidedBlock) -> None:
-        assert self.speculative is None, "the snapshot must be of the decided state"
         header = decided.block.header
         self.checkpoint_pending[header.height] = (self.sm.snapshot(), header, decided.certificate)
         vote = self._sign(
@@ -1471,8 +1393,6 @@ class BftReplica:
         self.last_certificate = stable.certificate
         self.speculative = None
         self.speculative_execution = None
-        self.next_block = None
-        self.next_execution = None
 
     def _checkpoint_valid(self, stable: StableCheckpoint) -> bool:
         senders = set()
