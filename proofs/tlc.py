@@ -85,6 +85,29 @@ CATALOGUE: tuple[Model, ...] = (
           "L1 as live_bft with two valid blocks"),
     Model("mutant_live_no_join", "BftLive", "temporal", True,
           "L1 without joining a higher regency after GST: some replica never decides"),
+    Model("live_fallback", "FallbackLive", None, True,
+          "L1 across the heal: after GST every honest replica is FINAL and back in BFT, "
+          "the FINAL block the provisional one; n=4, no Byzantine, 0..2 may enter fallback "
+          "and lead term 1, nobody wrote at regency 0, log of 1, heal regency 1"),
+    Model("live_fallback_tentative", "FallbackLive", None, False,
+          "L1 across the heal as live_fallback, 0..2 wrote a at regency 0 (tentative "
+          "entries), replica 0 leads term 1, log of 2"),
+    Model("live_fallback_unfrozen", "FallbackLive", None, False,
+          "L1 across the heal as live_fallback, the fallback still running after GST "
+          "(only appends frozen) and regency 2 for the heal retry"),
+    Model("live_fallback_big", "FallbackLive", None, False,
+          "L1 across the heal with all four replicas in fallback, replica 0 leads term 1, "
+          "log of 2 (1.6 million states)"),
+    Model("live_fallback_byz", "FallbackLive", None, False,
+          "L1 across the heal with replica 3 Byzantine (not a leader of regencies 0..1): "
+          "every honest replica FINAL and back in BFT; 0..2 may enter fallback, replica 0 "
+          "leads term 1, log of 1"),
+    Model("mutant_live_fallback_no_heal", "FallbackLive", "temporal", True,
+          "replicas in fallback never start the re-certifying regency change: the heal "
+          "never happens"),
+    Model("mutant_live_fallback_ignores_reports", "FallbackLive", "temporal", True,
+          "the heal leader ignores the fallback reports: replicas holding the provisional "
+          "block refuse its SYNC and nothing is decided"),
     Model("fallback_s2_sample", "Fallback", None, True,
           "S1 and S2, no Byzantine: n=4, regencies 0..1, terms 1..2, log of 2, any start; "
           "12,000 random behaviours (the state space is out of reach)", simulate=12_000),
