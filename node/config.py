@@ -79,7 +79,8 @@ class Tuning:
     frame_bytes_max: int = 4 * 1024 * 1024  # soft: one larger message still travels alone
     client_wait_ms_max: int = 30_000  # a CreateTransfers call waits at most this long
     wal_snapshot_checkpoints: int = 1  # a WAL snapshot every this many stable checkpoints
-    # A checkpoint snapshot larger than this goes to a lagging replica in chunks of it.
+    # A checkpoint snapshot larger than this goes to a lagging replica in chunks of it;
+    # equal on every replica (a receiver refuses chunks shorter than its own size).
     snapshot_chunk_bytes: int = 4 * 1024 * 1024
     # A log damaged before its tail (acknowledged records unreadable or missing with later
     # ones after them) is cut back to its longest valid prefix, the rest set aside, and the
