@@ -125,6 +125,10 @@ class ReplicaConfig:
     fetch_retry_ticks: int = 20
     retransmit_ticks: int = 8  # re-send this instance's own votes while it is undecided
     probe_ticks: int = 50  # ask a peer for newer blocks this often (anti-entropy)
+    # A peer one block behind is sent that block only this long after this replica
+    # decided it: until then its votes are most likely late, not lost, and it is about to
+    # decide the block itself (a whole block sent early is work for nothing on both sides).
+    catch_up_grace_ticks: int = 20
     timestamp_skew_max_ns: int = 2_000_000_000  # how far a leader's stamp may run ahead
     block_requests_max: int = 64
     block_events_max: int = 8189
@@ -239,6 +243,7 @@ class BftReplica:
         self.previous_checkpoint: StableCheckpoint | None = None
         self.log: dict[int, DecidedBlock] = {}
         self.decided_height = 0
+        self.decided_tick = 0  # when decided_height was reached
         self.last_header = genesis.header
         self.last_certificate: Certificate | None = None
         # The instance at decided_height + 1.
@@ -252,6 +257,7 @@ class BftReplica:
         self.written: WrittenBlock | None = None  # our highest-regency WRITE here, with its block
         self.speculative: bytes | None = None  # digest of the block executed on top
         self.speculative_execution: Execution | None = None
+        self.body_checked: Block | None = None  # the last block whose body passed the checks
         # Requests and catch-up.
         self.pending: dict[tuple[int, int], tuple[Request, int]] = {}
         self.client_decided: dict[int, int] = {}
@@ -829,6 +835,7 @@ class BftReplica:
         self.speculative_execution = None
         self.log[header.height] = decided
         self.decided_height = header.height
+        self.decided_tick = self.ticks
         self.last_header = header
         self.last_certificate = decided.certificate
         self.proposals.clear()
@@ -850,6 +857,8 @@ class BftReplica:
             # A block decided in this regency means its SYNC was accepted by a quorum:
             # a replica that missed the SYNC (restarted, lagging) may follow the leader.
             self.in_sync = False
+        if self.stop_sent > self.regency == decided.certificate.regency and not replaying:
+            self._abandon_regency_change()
         if not replaying:
             self._out.decided.append(decided)
             self._reply(decided, execution)
@@ -901,7 +910,21 @@ class BftReplica:
         return None
 
     def _body_problem(self, block: Block) -> str | None:
-        return body_problem(block, self._request_valid)
+        # The same block often comes twice: proposed, then (from a peer that decided it
+        # first) in a catch-up answer.  Its body was checked once; equal bytes need not be
+        # hashed and verified again.
+        checked = self.body_checked
+        if (
+            checked is not None
+            and checked.digest == block.digest
+            and checked.verdicts == block.verdicts
+            and checked.requests == block.requests
+        ):
+            return None
+        problem = body_problem(block, self._request_valid)
+        if problem is None:
+            self.body_checked = block
+        return problem
 
     def _rollback_speculation(self) -> None:
         """Undo a speculative execution (or the fallback core's provisional blocks)."""
@@ -957,6 +980,21 @@ class BftReplica:
         stop = self._sign(Stop(sender=self.id, regency=regency))
         self._broadcast(stop)
         self._record_stop(stop)
+
+    def _abandon_regency_change(self) -> None:
+        """A quorum decided a block in our regency after we asked to leave it (a timer
+        raced the progress, or the mode controller asked for a heal that another
+        regency change already made): the regency works, so stop escalating.  Without
+        this a replica whose STOP too few peers joined climbs regencies alone and
+        repeats its STOPs forever.  Our STOPs already sent still count if f + 1 peers
+        later ask for that regency, and a request timeout may send them again."""
+        self._trace(f"regency {self.regency} decides: regency change to {self.stop_sent} dropped")
+        self.stop_sent = self.regency
+        self.resend = [
+            s
+            for s in self.resend
+            if not (isinstance(s.message, Stop) and s.message.regency > self.regency)
+        ]
 
     def _regency_timeout(self) -> int:
         return self.cfg.regency_timeout_ticks << min(self.failed_regencies, 6)
@@ -1389,6 +1427,7 @@ class BftReplica:
         self.owner.holder = "bft"
         self._make_stable(stable, keep_previous=False)
         self.decided_height = stable.height
+        self.decided_tick = self.ticks
         self.last_header = stable.header
         self.last_certificate = stable.certificate
         self.speculative = None
@@ -1443,9 +1482,19 @@ class BftReplica:
         self.fetch_peer = (self.fetch_peer + 1) % self.n
         self._trace(f"fetch after h{self.decided_height}")
 
+    def _deciding_itself(self, after_height: int) -> bool:
+        """Whether a peer whose decided height is ``after_height`` is most likely about to
+        decide our newest block itself (see ``catch_up_grace_ticks``)."""
+        return (
+            after_height + 1 == self.decided_height
+            and self.ticks - self.decided_tick < self.cfg.catch_up_grace_ticks
+        )
+
     def _push_catch_up(self, peer: int, height: int) -> None:
         if (peer, height) in self.pushed or height > self.decided_height:
             return
+        if self._deciding_itself(height - 1):
+            return  # not remembered in pushed: a vote it repeats later gets the push
         if len(self.pushed) > 4 * self.n * self.cfg.fetch_blocks_max:
             self.pushed.clear()
         self.pushed.add((peer, height))
@@ -1457,7 +1506,9 @@ class BftReplica:
             self.cfg.fetch_retry_ticks
         ):
             return
-        if fetch.after_height < self.decided_height:
+        if fetch.after_height < self.decided_height and not self._deciding_itself(
+            fetch.after_height
+        ):
             self.answered[fetch.sender] = self.ticks
             self._answer_fetch(fetch.sender, fetch.after_height)
 
