@@ -48,10 +48,11 @@ class Model:
     # How the mutant's model with the mutation undone is run by the test that shows
     # the mutation alone causes the violation (0: exhaustive, N: N behaviours).
     undone_simulate: int = 0
+    cfg: str | None = None  # the .cfg's name when it is not the model's (a bigger sample)
 
     @property
     def config(self) -> Path:
-        return MODELS / f"{self.name}.cfg"
+        return MODELS / f"{self.cfg or self.name}.cfg"
 
 
 SIMULATION_DEPTH = 60
@@ -113,7 +114,10 @@ CATALOGUE: tuple[Model, ...] = (
           "12,000 random behaviours (the state space is out of reach)", simulate=12_000),
     Model("fallback_s1_byz_sample", "Fallback", None, True,
           "S1 with the heal leader (replica 1) Byzantine: n=4, regencies 0..1, terms 1..2, "
-          "log of 2, any start; 8,000 random behaviours", simulate=8_000),
+          "log of 2, any start; 3,000 random behaviours", simulate=3_000),
+    Model("fallback_s1_byz_sample_big", "Fallback", None, False,
+          "fallback_s1_byz_sample with 20,000 random behaviours", simulate=20_000,
+          cfg="fallback_s1_byz_sample"),
     Model("witness_fallback_heal", "Fallback", "NoCommitAndFinal", True,
           "the sampled behaviours of fallback_s2_sample reach a provisional commit "
           "followed by a FINAL block (the witness invariant is violated)", simulate=12_000),
@@ -125,7 +129,7 @@ CATALOGUE: tuple[Model, ...] = (
           "back", simulate=200_000, undone_simulate=5_000),
     Model("mutant_fallback_final_on_majority", "Fallback", "Agreement", True,
           "a fallback majority commit counted FINAL: a Byzantine heal leader makes "
-          "replicas decide two blocks", undone_simulate=5_000),
+          "replicas decide two blocks", undone_simulate=2_000),
     Model("mutant_fallback_sync_ignores_writes", "Fallback", "S2", False,
           "a SYNC with no proof and no report ignores the WRITEs its STOP-DATAs report "
           "(the rule before the S2 corner was found): in the directed family "
@@ -187,8 +191,10 @@ def run_tlc(
 ) -> Outcome:
     """TLC on one spec and config, in a fresh metadir; never raises on a model error.
 
-    ``simulate`` > 0: that many random behaviours (one worker, a fixed seed) instead of
-    the exhaustive search."""
+    ``simulate`` > 0: that many random behaviours (from a fixed seed) instead of the
+    exhaustive search, split over the cores: TLC gives each simulation worker its own
+    generator, seeded from ``-seed``, and ``num`` behaviours, so the sample is the same
+    on every run with as many cores (a violation may stop it early)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aegis-tlc-") as meta:
         command = [
@@ -197,9 +203,10 @@ def run_tlc(
             "-metadir", meta, "-config", str(config),
         ]  # fmt: skip
         if simulate:
+            jobs = min(workers(), simulate)
             command += [
-                "-simulate", f"num={simulate}", "-depth", str(SIMULATION_DEPTH),
-                "-seed", str(SIMULATION_SEED), "-workers", "1",
+                "-simulate", f"num={-(-simulate // jobs)}", "-depth", str(SIMULATION_DEPTH),
+                "-seed", str(SIMULATION_SEED), "-workers", str(jobs),
             ]  # fmt: skip
         else:
             command += ["-workers", str(workers())]
