@@ -85,7 +85,7 @@ from cluster_transfers import ACCOUNTS, _wait_ready
 
 from ledger import Account, Transfer
 from node.client import Client, ClientError
-from node.cluster import start_replicas, stop_replicas
+from node.cluster import child_env, node_command, start_replicas, stop_replicas
 from node.config import Tuning, free_ports, init_cluster
 
 REPLICAS: Final = 4
@@ -285,8 +285,9 @@ class AegisCluster:
         self.profile.parent.mkdir(parents=True, exist_ok=True)
         with (config.parent / "node.log").open("ab") as log_file:
             self.processes[replica] = subprocess.Popen(
-                [sys.executable, "-m", "cProfile", "-o", str(self.profile), "-m", "node.cli",
-                 "node", "start", "--config", str(config)],
+                node_command("node", "start", "--config", str(config),
+                             python=("-m", "cProfile", "-o", str(self.profile))),
+                env=child_env(),
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -18,7 +18,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from ledger import Account, Transfer
 from node.client import Client, ClientError
+from node.cluster import child_env, node_command
 from node.config import init_cluster
 
 ACCOUNTS = 1000
@@ -70,7 +70,8 @@ def main() -> None:
         layout = init_cluster(Path(directory) / "c", replicas=4, clients=args.clients)
         processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "node", "start", "--config", str(config)],
+                node_command("node", "start", "--config", str(config)),
+                env=child_env(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -10,6 +10,7 @@ SIGTERM every child gets SIGTERM by its PID, then SIGKILL by PID after
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,23 @@ from node.config import load_client_config
 
 STOP_WAIT_S: Final = 10.0
 STATUS_TIMEOUT_S: Final = 1.0
+CODE_ROOT: Final = Path(__file__).resolve().parent.parent  # the directory holding node/
+
+
+def node_command(*args: str, python: Sequence[str] = ()) -> list[str]:
+    """``aegis`` as a child process running this very code (run it with ``child_env``).
+
+    ``-P`` keeps the working directory off the child's ``sys.path``: started from a
+    directory that holds another ``node`` package (another checkout), ``python -m
+    node.cli`` would run that one.  ``python``: options for the interpreter first
+    (``-m cProfile -o FILE``)."""
+    return [sys.executable, "-P", *python, "-m", "node.cli", *args]
+
+
+def child_env() -> dict[str, str]:
+    """The environment with this code's root first on ``PYTHONPATH``."""
+    rest = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), rest]))}
 
 
 def node_configs(directory: Path) -> list[Path]:
@@ -40,7 +58,8 @@ def start_replicas(configs: Sequence[Path]) -> list[subprocess.Popen[bytes]]:
         with (config.parent / "node.log").open("ab") as log_file:
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "node.cli", "node", "start", "--config", str(config)],
+                    node_command("node", "start", "--config", str(config)),
+                    env=child_env(),
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
