@@ -43,6 +43,15 @@ def _transfer(id: int, amount: int) -> Transfer:
     return Transfer(id=id, debit_account_id=1, credit_account_id=2, amount=amount, ledger=1, code=1)
 
 
+async def _until_every_replica_at(client: AsyncClient, height: int) -> None:
+    for _ in range(200):  # 10 s
+        statuses = [await client.status(i) for i in range(REPLICAS)]
+        if all(int(str(s["height"])) >= height for s in statuses):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not every replica reached h{height}: {statuses}")
+
+
 def test_async_client_creates_reads_verifies_and_fails_over(tmp_path: Path) -> None:
     cluster = tmp_path / "c"
     init_cluster(cluster, replicas=REPLICAS)
@@ -70,6 +79,9 @@ def test_async_client_creates_reads_verifies_and_fails_over(tmp_path: Path) -> N
             final = await client.await_final(early)
             assert final.level is Finality.FINAL and final.codes == (0,)
             assert final.request_number == early.request_number
+            # FINAL is a quorum's word: the fourth replica may decide the block a moment
+            # later, and reads are served from each replica's own state.
+            await _until_every_replica_at(client, final.height)
             found = await client.lookup_accounts([1, 2, 3], replica=1)
             posted = [(a.id, a.debits_posted, a.credits_posted) for a in found]
             assert posted == [(1, 12, 0), (2, 0, 12)]
