@@ -48,6 +48,20 @@ def test_seven_replicas_with_two_byzantine() -> None:
         assert result.ok, "\n".join(result.failures)
 
 
+def test_a_restart_calls_off_a_crash_that_has_not_fired() -> None:
+    """A crash_after_persist armed in a fault window must not fire after the window's
+    restart: the replica would stay down past the heal, one fault too many."""
+    sim = Simulation(SimConfig(seed=1, scenario="happy"))
+    sim._fault(("crash_after_persist", 0))
+    sim._fault(("restart", 0))
+    assert 0 not in sim.crash_after_persist
+    sim._fault(("crash_after_persist", 1))
+    sim._fault(("restart_all",))
+    assert not sim.crash_after_persist
+    assert sim.run().failures == []
+    assert sim.alive == {0, 1, 2, 3}
+
+
 def test_same_seed_same_trace_hash() -> None:
     first = Simulation(SimConfig(seed=11, scenario="lossy-network")).run()
     again = Simulation(SimConfig(seed=11, scenario="lossy-network")).run()
