@@ -73,6 +73,7 @@ from consensus.messages import (
     Certificate,
     CheckpointVote,
     DecidedBlock,
+    FallbackMessage,
     FallbackReport,
     FetchBlocks,
     FetchChunk,
@@ -113,6 +114,19 @@ class _Assembly:
     data: bytearray = field(default_factory=bytearray)
 
 
+@dataclass(slots=True)
+class Outstanding:
+    """A message this replica may have to send again (lossy links), and when it last went."""
+
+    send: Send
+    sent_tick: int
+    attempts: int = 0
+
+    @property
+    def message(self) -> PeerMessage | FallbackMessage:
+        return self.send.message
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaConfig:
     replica_id: int
@@ -123,7 +137,14 @@ class ReplicaConfig:
     request_timeout_ticks: int = 60  # a request waiting this long triggers a regency change
     regency_timeout_ticks: int = 60  # a regency change must finish within this (doubles)
     fetch_retry_ticks: int = 20
-    retransmit_ticks: int = 8  # re-send this instance's own votes while it is undecided
+    # Re-send this replica's messages while they may still matter, each first after
+    # retransmit_ticks, then doubling, at most retransmit_ticks_max apart; PROPOSE and
+    # WRITE go only to the peers not known to hold them.  Over TCP (the node) a message
+    # is lost only with its stream, and the first retransmission should come after a
+    # loaded follower's WRITE would (node.config.Tuning); the simulator's lossy links
+    # want it sooner.
+    retransmit_ticks: int = 8
+    retransmit_ticks_max: int = 64
     probe_ticks: int = 50  # ask a peer for newer blocks this often (anti-entropy)
     # A peer one block behind is sent that block only this long after this replica
     # decided it: until then its votes are most likely late, not lost, and it is about to
@@ -274,8 +295,7 @@ class BftReplica:
         self.checkpoint_votes: dict[int, dict[int, CheckpointVote]] = {}
         self.checkpoint_pending: dict[int, tuple[bytes, BlockHeader, Certificate]] = {}
         # Own messages of the open instance / regency change, as sent (to None: everyone).
-        self.resend: list[Send] = []
-        self.last_resend = 0
+        self.resend: list[Outstanding] = []
         self.persist_seq = 0
         self.durable_upto = 0
         self._out = EffectsBuilder()
@@ -372,19 +392,23 @@ class BftReplica:
         return dataclasses.replace(message, signature=signature)
 
     def _broadcast(self, message: PeerMessage, remember: bool = True) -> None:
-        self._out.send.append(Send(to=None, message=message))
+        send = Send(to=None, message=message)
+        self._out.send.append(send)
         if remember:
-            self.resend.append(Send(to=None, message=message))
-            del self.resend[:-16]  # bounded: the newest messages matter
+            self._remember(send)
+
+    def _remember(self, send: Send) -> None:
+        """Send ``send`` again later if the instance is still undecided (it went just now)."""
+        self.resend.append(Outstanding(send=send, sent_tick=self.ticks))
+        del self.resend[:-16]  # bounded: the newest messages matter
 
     def _retransmit(self) -> None:
-        """Lossy links: re-send the open instance's own votes; probe for newer blocks."""
+        """Lossy links: re-send what may not have arrived; probe for newer blocks."""
         if self.ticks % self.cfg.probe_ticks == 0:
             self._fetch()
             self._share_regency_proof()
-        if self.ticks - self.last_resend < self.cfg.retransmit_ticks or not self.resend:
+        if not self.resend:
             return
-        self.last_resend = self.ticks
         # A STOP for a regency already installed, or STOP-DATA for one left behind or
         # already synchronised, can help nobody: stop repeating it.
         self.resend = [
@@ -396,7 +420,39 @@ class BftReplica:
                 and (s.message.regency != self.regency or not self.in_sync)
             )
         ]
-        self._out.send.extend(self.resend)
+        for item in self.resend:
+            wait = min(
+                self.cfg.retransmit_ticks << min(item.attempts, 16), self.cfg.retransmit_ticks_max
+            )
+            if self.ticks - item.sent_tick < wait:
+                continue
+            item.sent_tick = self.ticks
+            item.attempts += 1
+            missing = self._missing(item.send)
+            if missing is None:
+                self._out.send.append(item.send)
+            else:
+                self._out.send.extend(Send(to=peer, message=item.message) for peer in missing)
+
+    def _missing(self, send: Send) -> list[int] | None:
+        """The peers that may still lack a vote of the open instance (None: all of them).
+
+        A peer that WROTE or ACCEPTED in the proposal's regency holds a proposal; one that
+        ACCEPTED holds a write quorum.  (A Byzantine one may say so falsely and go
+        without: it needs no help.)"""
+        message = send.message
+        if send.to is not None or not isinstance(message, Propose | Write):
+            return None
+        if message.height != self.height:
+            return None
+        regency = message.regency
+        return [
+            peer
+            for peer in range(self.n)
+            if peer != self.id
+            and (peer, regency) not in self.accepted_by
+            and (isinstance(message, Write) or (peer, regency) not in self.written_by)
+        ]
 
     def _send(self, to: int, message: PeerMessage) -> None:
         assert to != self.id
@@ -850,7 +906,6 @@ class BftReplica:
         self.best_proof = None
         self.written = None
         self.resend = [s for s in self.resend if isinstance(s.message, Stop | StopData)]
-        self.last_resend = self.ticks
         self.votes = {k: v for k, v in self.votes.items() if k[2] > header.height}
         for request in block.requests:
             self.pending.pop(request.key, None)
@@ -1076,7 +1131,7 @@ class BftReplica:
         else:
             self._send(self.leader, stop_data)
             self.resend = [s for s in self.resend if not isinstance(s.message, StopData)]
-            self.resend.append(Send(to=self.leader, message=stop_data))
+            self._remember(Send(to=self.leader, message=stop_data))
         self._replay_future()
 
     def _on_stop_data(self, stop_data: StopData) -> None:
