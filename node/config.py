@@ -70,6 +70,12 @@ class Tuning:
 
     request_timeout_ticks: int = 200
     regency_timeout_ticks: int = 200
+    # Links are TCP streams: a message is lost only with its stream.  The first
+    # retransmission waits longer than a loaded follower takes to execute a block and
+    # WRITE (up to about 300 ms in the benchmark), so a whole block is not sent again
+    # meanwhile.
+    retransmit_ticks: int = 50
+    retransmit_ticks_max: int = 200
     checkpoint_interval: int = 16
     fallback: bool = True
     fallback_after_ticks: int = 300
