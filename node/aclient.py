@@ -194,9 +194,10 @@ class AsyncClient:
         return decode_balances(data)
 
     async def _read(self, method: str, body: bytes, replica: int | None) -> bytes:
+        metadata = self.checker.read_metadata()
         if replica is None:
-            return (await self._call_any(LEDGER_SERVICE, method, body))[1]
-        return await self._call(replica, LEDGER_SERVICE, method, body)
+            return (await self._call_any(LEDGER_SERVICE, method, body, metadata))[1]
+        return await self._call(replica, LEDGER_SERVICE, method, body, metadata)
 
     async def watch_commits(self, after_height: int, replica: int) -> AsyncIterator[DecidedBlock]:
         """FINAL blocks above ``after_height`` from ``replica``, each checked as in

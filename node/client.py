@@ -16,6 +16,10 @@ Guarantees:
   unreachable, busy or too slow the same request (same number) goes to the next
   one, so a retry can never create anything twice.  ``await_final`` waits for a
   PROVISIONAL answer's request to become FINAL the same way.
+* Reads are read-your-writes: each carries (``aegis-min-height``) the highest FINAL
+  height this client was answered with, and a replica answers only from FINAL state
+  at least that high (it waits a moment, else UNAVAILABLE and the next replica is
+  asked).  So a lookup never misses what this client's own FINAL calls created.
 * Tracing: each create call (and ``await_final``) is a CLIENT span of the tracer
   provider given, else OpenTelemetry's global one (a no-op until the application
   configures an SDK); its W3C ``traceparent`` goes in the gRPC metadata of every
@@ -75,7 +79,13 @@ from ledger import (
 from ledger.codec import decode_balance
 from node import certs
 from node.config import ClientConfig, load_client_config
-from node.service import ADMIN_SERVICE, ID_BYTES, LEDGER_SERVICE, encode_filter
+from node.service import (
+    ADMIN_SERVICE,
+    ID_BYTES,
+    LEDGER_SERVICE,
+    MIN_HEIGHT_METADATA,
+    encode_filter,
+)
 from node.transport import GRPC_MESSAGE_BYTES_MAX
 
 Metadata: TypeAlias = tuple[tuple[str, str], ...]
@@ -237,11 +247,20 @@ class Signing:
 
 class Checker:
     """Checks replicas' answers: commit certificates against the replicas' public keys,
-    results against headers, streamed blocks against their parents."""
+    results against headers, streamed blocks against their parents.  Remembers the
+    highest FINAL height it accepted, which this client's reads then ask for."""
 
     def __init__(self, config: ClientConfig) -> None:
         self.verifier = Ed25519Verifier({p.id: p.public_key for p in config.replicas})
         self.replica_count = len(config.replicas)
+        self.final_height = 0
+        self._height_lock = threading.Lock()  # await_final may run beside a create call
+
+    def read_metadata(self) -> Metadata:
+        """For a read: answer from FINAL state at least as high as any answer this client
+        accepted (read-your-writes, whichever replica answers)."""
+        height = self.final_height
+        return ((MIN_HEIGHT_METADATA, str(height)),) if height else ()
 
     @property
     def provisional_needed(self) -> int:
@@ -273,6 +292,9 @@ class Checker:
                 if len(codes) != request.events:
                     raise ClientError(f"replica {replica}: {len(codes)} codes for "
                                       f"{request.events} events")  # fmt: skip
+                if reply.level == Finality.FINAL:
+                    with self._height_lock:
+                        self.final_height = max(self.final_height, reply.header.height)
                 return Answer(
                     codes=tuple(codes),
                     level=reply.level,
@@ -483,9 +505,10 @@ class Client:
         return decode_balances(self._read("GetAccountBalances", encode_filter(query), replica))
 
     def _read(self, method: str, body: bytes, replica: int | None) -> bytes:
+        metadata = self.checker.read_metadata()
         if replica is None:
-            return self._call_any(LEDGER_SERVICE, method, body)[1]
-        return self._call(replica, LEDGER_SERVICE, method, body)
+            return self._call_any(LEDGER_SERVICE, method, body, metadata)[1]
+        return self._call(replica, LEDGER_SERVICE, method, body, metadata)
 
     def watch_commits(self, after_height: int, replica: int) -> Generator[DecidedBlock, None, None]:
         """FINAL blocks above ``after_height`` from ``replica``, each checked: its commit

@@ -84,6 +84,10 @@ class Tuning:
     frame_messages_max: int = 1024
     frame_bytes_max: int = 4 * 1024 * 1024  # soft: one larger message still travels alone
     client_wait_ms_max: int = 30_000  # a CreateTransfers call waits at most this long
+    # A read asking for FINAL state up to a height (read-your-writes) waits at most this
+    # long for this replica to get there, then is refused UNAVAILABLE: another replica
+    # may be further.
+    read_wait_ms_max: int = 2_000
     wal_snapshot_checkpoints: int = 1  # a WAL snapshot every this many stable checkpoints
     # A checkpoint snapshot larger than this goes to a lagging replica in chunks of it;
     # equal on every replica (a receiver refuses chunks shorter than its own size).

@@ -105,6 +105,7 @@ TICKS_PER_ROUND_MAX: Final = 50
 INPUTS_PER_ROUND_MAX: Final = 64  # frames or client requests stepped before one WAL batch
 WAITERS_MAX: Final = 16_384  # client calls waiting for an answer, all clients together
 WATCHERS_MAX: Final = 64  # WatchCommits streams
+READERS_MAX: Final = 1024  # reads waiting for this replica's FINAL state to catch up
 WATCH_BLOCKS_MAX: Final = 256  # decided blocks queued for one watcher before it is dropped
 SNAPSHOT_RECORDS_MAX: Final = 65_536  # records since the last snapshot that call for one
 REPLAY_RECORDS_MAX: Final = 1 << 20  # records in one snapshot's state
@@ -525,6 +526,7 @@ class Driver:
         self.waiters: dict[tuple[int, int], list[_Waiter]] = {}
         self.waiter_count = 0
         self.watches: list[Watch] = []
+        self.readers: list[tuple[int, asyncio.Future[None]]] = []  # (height, woken at it)
         self.stats = DriverStats()
         self._stopping = False
         self.telemetry = for_driver(self)  # traces and metrics (node.telemetry); off: no-ops
@@ -555,6 +557,34 @@ class Driver:
         else:
             self.waiters.pop(key, None)
         assert self.waiter_count >= 0
+
+    async def read_at(self, height: int, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the read model holds FINAL state up to
+        ``height``; whether it does.  ``Overloaded`` if too many reads wait already."""
+        if self.read_model.height >= height:
+            return True
+        if len(self.readers) >= READERS_MAX:
+            raise Overloaded(f"{READERS_MAX} reads are already waiting for FINAL state")
+        reader = (height, asyncio.get_running_loop().create_future())
+        self.readers.append(reader)
+        try:
+            await asyncio.wait_for(reader[1], timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self.readers.remove(reader)
+        return self.read_model.height >= height
+
+    def _wake_readers(self) -> None:
+        height = self.read_model.height
+        waiting = []
+        for reader in self.readers:
+            if reader[0] > height:
+                waiting.append(reader)
+            elif not reader[1].done():
+                reader[1].set_result(None)
+        self.readers = waiting
 
     def watch(self) -> Watch:
         """Start a WatchCommits stream: blocks decided from now on (the caller reads the
@@ -632,6 +662,8 @@ class Driver:
         self._release(parts)
         if self.read_model.height != self.core.bft.decided_height:
             self.read_model.rebuild(self.core.bft)  # a checkpoint came by state transfer
+        if self.readers:
+            self._wake_readers()
 
     def _append(self, records: list[PersistRecord]) -> int:
         """Append in WAL-sized batches (each atomic; together they need not be)."""

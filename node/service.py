@@ -20,6 +20,10 @@ Bodies (no protobuf code generation; ``node.client`` speaks this):
   operation ``OP_CREATE_ACCOUNTS`` / ``OP_TRANSFERS``.  Answer:
   ``consensus.wire.encode(Reply)`` (header, certificate when FINAL, results of the
   whole block; the caller's codes are under its (client, request number)).
+* Reads (the four below) may carry the metadata ``aegis-min-height``: a decimal
+  height; the replica answers only from FINAL state at least that high, waiting up to
+  ``Tuning.read_wait_ms_max`` for it, else UNAVAILABLE (ask another replica).  Clients
+  send the highest FINAL height they were answered with: read-your-writes.
 * ``LookupAccounts`` / ``LookupTransfers``: 1..8189 ids, 16 bytes little-endian
   each.  Answer: the 128-byte records found, in the order asked, missing ids left
   out (TigerBeetle's semantics).
@@ -44,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Final
 
 import grpc
@@ -77,6 +81,10 @@ from node.transport import peer_identity
 LEDGER_SERVICE: Final = "aegis.v1.Ledger"
 ADMIN_SERVICE: Final = "aegis.v1.Admin"
 ID_BYTES: Final = 16
+# Read-your-writes: a read carrying this metadata is answered from FINAL state at
+# least that high (it waits up to ``Tuning.read_wait_ms_max``, else UNAVAILABLE).
+MIN_HEIGHT_METADATA: Final = "aegis-min-height"
+HEIGHT_MAX: Final = 2**63 - 1
 # account id, user_data_128, user_data_64, user_data_32, code, reserved, timestamp_min,
 # timestamp_max, limit, flags: TigerBeetle's AccountFilter, little-endian.
 FILTER: Final = struct.Struct("<QQQQQIH58xQQII")
@@ -91,6 +99,26 @@ class _Refused(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
+
+
+def min_height(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
+    """The ``aegis-min-height`` of a call's metadata (0 without one)."""
+    values = [value for key, value in metadata or () if key == MIN_HEIGHT_METADATA]
+    if not values:
+        return 0
+    text = values[-1]
+    if len(values) > 1 or not isinstance(text, str) or not text.isascii() or not text.isdigit():
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{MIN_HEIGHT_METADATA} must be one decimal height, got {values!r}"[:300],
+        )
+    height = int(text)
+    if height > HEIGHT_MAX:
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{MIN_HEIGHT_METADATA} {height} is over the largest height {HEIGHT_MAX}",
+        )
+    return height
 
 
 def _ids(body: bytes) -> list[int]:
@@ -151,6 +179,7 @@ class ClientService:
             name: str,
             method: Callable[[bytes, certs.Identity, ServerCall], Awaitable[bytes]],
             admit_replicas: bool = False,
+            reads: bool = False,
         ) -> grpc.RpcMethodHandler[bytes, bytes]:
             traced = not admit_replicas  # Status is polled: no span for it
 
@@ -162,6 +191,8 @@ class ClientService:
                 failure: BaseException | None = None
                 try:
                     caller = self._caller(context, admit_replicas)
+                    if reads:
+                        await self._caught_up(min_height(context.invocation_metadata()))
                     return await method(body, caller, call)
                 except _Refused as refused:
                     call.refused(refused.code, refused.details)
@@ -177,10 +208,12 @@ class ClientService:
         ledger = {
             "CreateAccounts": unary("CreateAccounts", self._create_accounts),
             "CreateTransfers": unary("CreateTransfers", self._create_transfers),
-            "LookupAccounts": unary("LookupAccounts", self._lookup_accounts),
-            "LookupTransfers": unary("LookupTransfers", self._lookup_transfers),
-            "GetAccountTransfers": unary("GetAccountTransfers", self._account_transfers),
-            "GetAccountBalances": unary("GetAccountBalances", self._account_balances),
+            "LookupAccounts": unary("LookupAccounts", self._lookup_accounts, reads=True),
+            "LookupTransfers": unary("LookupTransfers", self._lookup_transfers, reads=True),
+            "GetAccountTransfers": unary(
+                "GetAccountTransfers", self._account_transfers, reads=True
+            ),
+            "GetAccountBalances": unary("GetAccountBalances", self._account_balances, reads=True),
             "WatchCommits": grpc.unary_stream_rpc_method_handler(self._watch_commits),
         }
         admin = {"Status": unary("Status", self._status, admit_replicas=True)}
@@ -290,6 +323,23 @@ class ClientService:
         return encode(reply)
 
     # ---------------------------------------------------------------- reading
+
+    async def _caught_up(self, height: int) -> None:
+        """Return once this replica's FINAL state reaches ``height``, or refuse."""
+        if height == 0:
+            return
+        wait_s = self.config.tuning.read_wait_ms_max / 1000
+        try:
+            reached = await self.driver.read_at(height, wait_s)
+        except Overloaded as error:
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+        if not reached:
+            raise _Refused(
+                grpc.StatusCode.UNAVAILABLE,
+                f"replica {self.config.replica_id} holds FINAL state up to "
+                f"h{self.driver.read_model.height}, below the h{height} asked "
+                f"({MIN_HEIGHT_METADATA}) after {wait_s:g} s; another replica may be further",
+            )
 
     async def _lookup_accounts(
         self, body: bytes, caller: certs.Identity, call: ServerCall
