@@ -118,6 +118,12 @@ CATALOGUE: tuple[Model, ...] = (
     Model("fallback_s1_byz_sample_big", "Fallback", None, False,
           "fallback_s1_byz_sample with 20,000 random behaviours", simulate=20_000,
           cfg="fallback_s1_byz_sample"),
+    Model("fallback_s2_n7_sample", "Fallback", None, False,
+          "fallback_s2_sample at n=7 (f=2, BFT quorum 5, fallback majority 4); 12,000 "
+          "random behaviours", simulate=12_000),
+    Model("fallback_s1_byz_n7_sample", "Fallback", None, False,
+          "fallback_s1_byz_sample at n=7, the heal leader (replica 1) Byzantine; 2,000 "
+          "random behaviours", simulate=2_000),
     Model("witness_fallback_heal", "Fallback", "NoCommitAndFinal", True,
           "the sampled behaviours of fallback_s2_sample reach a provisional commit "
           "followed by a FINAL block (the witness invariant is violated)", simulate=12_000),
