@@ -72,6 +72,7 @@ from consensus.effects import (
     VoteRecord,
 )
 from consensus.messages import (
+    Block,
     Blocks,
     CheckpointVote,
     DecidedBlock,
@@ -103,6 +104,11 @@ from node.wal import (
 
 TICKS_PER_ROUND_MAX: Final = 50
 INPUTS_PER_ROUND_MAX: Final = 64  # frames or client requests stepped before one WAL batch
+# A WAL batch whose blocks hold at most this many events is appended on the loop's own
+# thread: the hand-off to a worker thread and back cost 1-10 ms per persist, more than
+# such a batch's write and fdatasync (about 1 ms); larger ones go to a worker thread, so
+# the loop serves peers and clients while they are written.
+INLINE_APPEND_EVENTS_MAX: Final = 256
 WAITERS_MAX: Final = 16_384  # client calls waiting for an answer, all clients together
 WATCHERS_MAX: Final = 64  # WatchCommits streams
 READERS_MAX: Final = 1024  # reads waiting for this replica's FINAL state to catch up
@@ -303,6 +309,24 @@ FENCED_INPUTS: Final = (
     Blocks, FetchBlocks, SnapshotChunk, FetchChunk, CheckpointVote, RegencyProof, Request
 )  # fmt: skip
 FENCED_OUTPUTS: Final = (FetchBlocks, Blocks, FetchChunk, SnapshotChunk)
+
+
+def _small(records: Sequence[PersistRecord]) -> bool:
+    """Whether ``records`` are small enough to append inline (``INLINE_APPEND_EVENTS_MAX``)."""
+    events = 0
+    for record in records:
+        match record:
+            case RegencyRecord() | TermRecord() | ModeRecord() | VoteRecord(block=None):
+                pass
+            case VoteRecord(block=Block() as block):
+                events += block.events
+            case ProofRecord():
+                events += record.proof.block.events
+            case DecidedRecord():
+                events += record.decided.block.events
+            case _:  # checkpoints and fallback entries: size unknown here, maybe large
+                return False
+    return events <= INLINE_APPEND_EVENTS_MAX
 
 
 class Overloaded(RuntimeError):
@@ -654,7 +678,10 @@ class Driver:
             records = [record for part in parts for record in part.persist]
             if not records:
                 break
-            last = await asyncio.to_thread(self._append, records)
+            if _small(records):
+                last = self._append(records)
+            else:
+                last = await asyncio.to_thread(self._append, records)
             upto = last - self.seq_base
             assert upto == self.core.bft.persist_seq, (upto, self.core.bft.persist_seq)
             self._release(parts)
