@@ -917,6 +917,8 @@ class BftReplica:
             self.in_sync = False
         if self.stop_sent > self.regency == decided.certificate.regency and not replaying:
             self._abandon_regency_change()
+        if decided.certificate.regency == self.regency and not replaying:
+            self.failed_regencies = 0  # this regency works: the next change waits from scratch
         if not replaying:
             self._out.decided.append(decided)
             self._reply(decided, execution)

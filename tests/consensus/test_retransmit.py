@@ -69,3 +69,25 @@ def test_a_message_that_gets_no_answer_is_resent_less_and_less_often() -> None:
     step, cap = core.cfg.retransmit_ticks, core.cfg.retransmit_ticks_max
     assert gaps[:4] == [step, 2 * step, 4 * step, cap]
     assert set(gaps[3:]) == {cap}, "never further apart than the bound"
+
+
+def test_a_regency_that_decides_resets_the_regency_change_backoff() -> None:
+    """Each regency change that times out doubles the next one's wait (up to 64x); a
+    block decided in the replica's regency shows the cluster works again, so the wait
+    starts over.  It used to stay doubled for the life of the process: after one long
+    outage every later leader failure took up to 64 regency timeouts to notice."""
+    cluster = ScriptedCluster()
+    cluster.run("request client=0 transfers=1")
+    cluster.run("deliver type=Request to=1")  # only r1 knows of it: it asks for a new regency
+    core = cluster.sim.core(1)
+    base = core.cfg.regency_timeout_ticks
+    for _ in range(8 * base):
+        cluster.run("tick replica=1")  # r1 is cut off: its regency changes go nowhere
+        cluster.queue.clear()
+    assert core.failed_regencies >= 2
+    assert core._regency_timeout() >= 4 * base
+    cluster.run("request client=1 transfers=1")
+    cluster.run("stabilize")  # the link is back: regency 0 decides, r1 with it
+    assert core.decided_height >= 1 and core.regency == 0
+    assert core.failed_regencies == 0
+    assert core._regency_timeout() == base
