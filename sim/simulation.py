@@ -296,6 +296,10 @@ class Simulation:
         self.replicas: dict[int, ModeController | ByzantineReplica] = {}
         self.alive: set[int] = set()
         self.crash_after_persist: set[int] = set()
+        # Called with (replica, what it stepped: a message, Persisted, or None for a
+        # tick, its Effects) for every step of every replica, before anything is sent:
+        # sim/spec_trace.py reads runs as behaviours of the TLA+ spec this way.
+        self.observers: list[Callable[[int, object | None, Effects], None]] = []
         for replica in range(self.n):
             self._start(replica)
         self.clients = [SimClient(c, self) for c in range(self.client_count)]
@@ -447,7 +451,7 @@ class Simulation:
             for source, target, payload in self.network.due(self.now):
                 self._deliver(source, target, payload)
             for replica in sorted(self.alive):
-                self._handle(replica, self.replicas[replica].tick())
+                self._handle(replica, self.replicas[replica].tick(), None)
             submitting = self.now < self.scenario.workload_ticks
             for client in self.clients:
                 client.act(self.now, submitting)
@@ -467,9 +471,11 @@ class Simulation:
         replica = int(target[1:])
         if replica in self.alive:
             assert not isinstance(payload, Reply)
-            self._handle(replica, self.replicas[replica].step(payload))
+            self._handle(replica, self.replicas[replica].step(payload), payload)
 
-    def _handle(self, replica: int, effects: Effects) -> None:
+    def _handle(self, replica: int, effects: Effects, stepped: object | None) -> None:
+        for observe in self.observers:
+            observe(replica, stepped, effects)
         if effects.persist:
             self.disks[replica].extend(effects.persist)  # durable before anything leaves
             if replica in self.crash_after_persist:
@@ -501,7 +507,8 @@ class Simulation:
         if effects.persist:
             # What the driver does after an fsync, effects included (none today).
             node = self.replicas[replica]
-            self._handle(replica, node.step(Persisted(upto=len(self.disks[replica]))))
+            persisted = Persisted(upto=len(self.disks[replica]))
+            self._handle(replica, node.step(persisted), persisted)
 
     # ------------------------------------------------------------------ faults
 
