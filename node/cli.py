@@ -182,6 +182,16 @@ def _natural(text: str) -> int:
     return value
 
 
+def _height(text: str) -> int:
+    """A block height (argparse type): 0 .. the largest the replicas accept."""
+    from node.service import HEIGHT_MAX
+
+    value = _natural(text)
+    if value > HEIGHT_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is over the largest height {HEIGHT_MAX}")
+    return value
+
+
 def _flags(names: str, kind: type[enum.IntFlag]) -> int:
     """``history,linked`` or an integer, as a flags value of ``kind``."""
     if not names.strip():
@@ -443,8 +453,14 @@ def _print_records(args: argparse.Namespace, columns: Sequence[str], found: Sequ
         _print_table(columns, rows)
 
 
+def _read_at_least(args: argparse.Namespace, client: Client) -> None:
+    if args.min_height:
+        client.checker.read_at_least(args.min_height)
+
+
 def _lookup(args: argparse.Namespace, client: Client, kind: str) -> int:
     ids: list[int] = args.ids
+    _read_at_least(args, client)
     lookup = client.lookup_accounts if kind == "accounts" else client.lookup_transfers
     found: Sequence[Any] = lookup(ids)
     _print_records(args, _ACCOUNT_COLUMNS if kind == "accounts" else _TRANSFER_COLUMNS, found)
@@ -462,6 +478,7 @@ def _account_query(args: argparse.Namespace, client: Client, kind: str) -> int:
     if args.reversed:
         flags |= AccountFilterFlags.REVERSED
     query = AccountFilter(account_id=args.account_id, limit=args.limit, flags=flags)
+    _read_at_least(args, client)
     if kind == "transfers":
         _print_records(args, _TRANSFER_COLUMNS, client.get_account_transfers(query))
     else:
@@ -606,6 +623,18 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
             "(list of objects) file of records, instead of the options",
         )
 
+    def min_height_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--min-height",
+            type=_height,
+            default=0,
+            metavar="H",
+            help="answer from FINAL state at height H or above, e.g. the block hH a "
+            "create command printed, so a read sees what an earlier command wrote "
+            "(read-your-writes across invocations); a replica still below H waits up to "
+            "read_wait_ms_max, then the next one is asked; exit 3 if none gets there",
+        )
+
     accounts = command(
         "create-accounts",
         "create accounts (one from options, or many from --file)",
@@ -667,6 +696,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
             functools.partial(_lookup, kind=kind),
         )
         lookup.add_argument("ids", nargs="+", type=_record_id, metavar="ID", help="an id")
+        min_height_option(lookup)
     for kind, what in (
         ("transfers", "transfers"),
         ("balances", "balance history (HISTORY accounts)"),
@@ -680,6 +710,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         query.add_argument("account_id", type=_record_id, metavar="ID", help="the account's id")
         query.add_argument("--limit", type=_natural, default=100, help="at most this many rows")
         query.add_argument("--reversed", action="store_true", help="newest first")
+        min_height_option(query)
 
     command(
         "status",

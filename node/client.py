@@ -262,6 +262,13 @@ class Checker:
         height = self.final_height
         return ((MIN_HEIGHT_METADATA, str(height)),) if height else ()
 
+    def read_at_least(self, height: int) -> None:
+        """From now on, read from FINAL state at least ``height`` high: a height another
+        process was answered with (``aegis client ... --min-height``), for
+        read-your-writes across processes."""
+        with self._height_lock:
+            self.final_height = max(self.final_height, height)
+
     @property
     def provisional_needed(self) -> int:
         """f + 1: at least one of that many matching answers is from an honest replica."""

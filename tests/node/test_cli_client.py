@@ -138,6 +138,14 @@ def test_create_and_read_back_print_tables(
     assert [line.split()[:4] for line in out[1:]] == [["100", "1", "2", "2500"],
                                                       ["101", "1", "2", "40"]]  # fmt: skip
 
+    # Read-your-writes across invocations: the height a create printed, given back.
+    status, out, err = _client(capsys, config, "lookup-transfers", "101", "--min-height", "3")
+    assert status == 0 and [line.split()[0] for line in out[1:]] == ["101"], err
+    status, out, err = _client(capsys, config, "account-balances", "2", "--min-height", "999",
+                               "--timeout", "3")  # fmt: skip
+    assert status == 3 and out == []
+    assert "below the h999 asked" in err, err
+
     status, out, err = _client(capsys, config, "account-transfers", "2", "--reversed")
     assert status == 0 and [line.split()[0] for line in out[1:]] == ["101", "100"]
     status, out, err = _client(capsys, config, "account-balances", "2", "--json")
@@ -181,6 +189,9 @@ def test_bad_arguments_exit_2_with_a_message(
     assert f"{bad}: record 1: amount: 'ten' is not an integer" in err
     err = _usage_error(capsys, "client", "status", "--config", str(tmp_path / "missing.toml"))
     assert "aegis client status: --config: " in err
+    err = _usage_error(capsys, "client", "lookup-accounts", "--config", config, "1",
+                       "--min-height", str(2**63))  # fmt: skip
+    assert f"argument --min-height: {2**63} is over the largest height" in err
     err = _usage_error(capsys, "client", "watch", "--config", config, "--replica", "9")
     assert "--replica must be in 0..3" in err
     assert "the following arguments are required: --config" in _usage_error(
