@@ -15,15 +15,19 @@ seconds; ``aegis sim`` and ``python -m proofs trace`` run any other.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 from collections import Counter
 
 import pytest
 
 from proofs.trace import check
+from sim.scenarios import SCENARIOS
 from sim.simulation import SimConfig
 from sim.spec_trace import Trace, record
 
 RATE = 0.03
+SLOW = os.environ.get("AEGIS_SLOW") == "1"
 
 ACCEPTED = [
     ("happy", 1, {}),
@@ -113,3 +117,22 @@ def test_runs_the_spec_does_not_cover_are_refused_not_judged() -> None:
     assert "fallback" in trace.unsupported
     with pytest.raises(ValueError, match="cannot replay"):
         check(trace)
+
+
+def _sweep_one(job: tuple[str, int]) -> str | None:
+    scenario, seed = job
+    _, trace = record(SimConfig(seed=seed, scenario=scenario, request_rate=RATE, fallback=False))
+    verdict = check(trace)
+    if verdict.verdict == "accepted":
+        return None
+    return f"{scenario} seed {seed}: {verdict.describe()}"
+
+
+@pytest.mark.skipif(not SLOW, reason="the long sweep: scripts/check --slow")
+def test_every_scenario_with_fallback_off_is_a_behaviour_of_the_spec() -> None:
+    """Every scenario at seeds 1-4 with fallback off (so the whole run is BFT), on all
+    cores: 100 runs, 171 s on 2 cores (2026-12-01)."""
+    jobs = [(scenario, seed) for scenario in SCENARIOS for seed in range(1, 5)]
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        failures = [f for f in pool.imap_unordered(_sweep_one, jobs) if f]
+    assert not failures, "\n".join(sorted(failures)[:5])
