@@ -37,8 +37,8 @@ class ToolError(RuntimeError):
 class Model:
     name: str  # the .cfg in proofs/models/ without its suffix
     spec: str  # the module it checks, in proofs/
-    expect: str | None  # None: no error; else the invariant TLC must report violated,
-    # or "temporal" for the model's PROPERTY (TLC does not name it)
+    expect: str | None  # None: no error; else the invariant or action property TLC
+    # must report violated, or "temporal" for a temporal PROPERTY (TLC does not name it)
     ci: bool  # small enough for every CI run; the rest need --big
     about: str
     # 0: exhaustive breadth-first search.  N > 0: TLC's simulation mode, N random
@@ -67,6 +67,11 @@ CATALOGUE: tuple[Model, ...] = (
           "n=4 f=1, the regency-1 leader Byzantine (a lying SYNC), 2 heights, regencies 0..1"),
     Model("bft_big", "BftCore", None, False,
           "n=4 f=1, the regency-1 leader Byzantine, 2 heights, regencies 0..2, 3 blocks"),
+    Model("bft_byz_h1", "BftCore", None, True,
+          "n=4 f=1, the regency-1 leader Byzantine, 1 height, regencies 0..1: the model "
+          "Fallback.tla refines (FallbackRefinesBftCore.tla), so S1 of the fallback"),
+    Model("bft_byz_h1_r2", "BftCore", None, False,
+          "bft_byz_h1 with regencies 0..2 (715,000 states)"),
     Model("quorums_n4", "Quorums", None, True,
           "n=4 f=1: BFT quorums, majorities, and a quorum with a majority meet (honest)"),
     Model("quorums_n7", "Quorums", None, True,
@@ -109,19 +114,19 @@ CATALOGUE: tuple[Model, ...] = (
     Model("mutant_live_fallback_ignores_reports", "FallbackLive", "temporal", True,
           "the heal leader ignores the fallback reports: replicas holding the provisional "
           "block refuse its SYNC and nothing is decided"),
-    Model("fallback_s2_sample", "Fallback", None, True,
+    Model("fallback_s2_sample", "FallbackRefinesBftCore", None, True,
           "S1 and S2, no Byzantine: n=4, regencies 0..1, terms 1..2, log of 2, any start; "
           "12,000 random behaviours (the state space is out of reach)", simulate=12_000),
-    Model("fallback_s1_byz_sample", "Fallback", None, True,
+    Model("fallback_s1_byz_sample", "FallbackRefinesBftCore", None, True,
           "S1 with the heal leader (replica 1) Byzantine: n=4, regencies 0..1, terms 1..2, "
           "log of 2, any start; 3,000 random behaviours", simulate=3_000),
-    Model("fallback_s1_byz_sample_big", "Fallback", None, False,
+    Model("fallback_s1_byz_sample_big", "FallbackRefinesBftCore", None, False,
           "fallback_s1_byz_sample with 20,000 random behaviours", simulate=20_000,
           cfg="fallback_s1_byz_sample"),
-    Model("fallback_s2_n7_sample", "Fallback", None, False,
+    Model("fallback_s2_n7_sample", "FallbackRefinesBftCore", None, False,
           "fallback_s2_sample at n=7 (f=2, BFT quorum 5, fallback majority 4); 12,000 "
           "random behaviours", simulate=12_000),
-    Model("fallback_s1_byz_n7_sample", "Fallback", None, False,
+    Model("fallback_s1_byz_n7_sample", "FallbackRefinesBftCore", None, False,
           "fallback_s1_byz_sample at n=7, the heal leader (replica 1) Byzantine; 2,000 "
           "random behaviours", simulate=2_000),
     Model("witness_fallback_heal", "Fallback", "NoCommitAndFinal", True,
@@ -136,6 +141,10 @@ CATALOGUE: tuple[Model, ...] = (
     Model("mutant_fallback_final_on_majority", "Fallback", "Agreement", True,
           "a fallback majority commit counted FINAL: a Byzantine heal leader makes "
           "replicas decide two blocks", undone_simulate=2_000),
+    Model("mutant_refinement_final_on_majority", "FallbackRefinesBftCore",
+          "RefinesBftCore", True,
+          "a fallback majority commit counted FINAL: a step BftCore cannot take, and the "
+          "refinement check reports it", undone_simulate=500),
     Model("mutant_fallback_sync_ignores_writes", "Fallback", "S2", False,
           "a SYNC with no proof and no report ignores the WRITEs its STOP-DATAs report "
           "(the rule before the S2 corner was found): in the directed family "
@@ -242,7 +251,7 @@ def parse(model: str, output: str, seconds: float, simulated: bool = False) -> O
         found = re.findall(pattern, output)
         return int(found[-1].replace(",", "")) if found else None
 
-    violated = re.search(r"Invariant (\w+) is violated", output)
+    violated = re.search(r"(?:Invariant|Action property) (\w+) is violated", output)
     if violated:
         verdict = f"violated:{violated.group(1)}"
     elif "Temporal properties were violated" in output:

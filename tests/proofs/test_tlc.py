@@ -118,3 +118,21 @@ def test_a_simulation_reports_a_clean_run_and_a_violation(tmp_path: Path) -> Non
     config.write_text("INIT Init\nNEXT Next\nINVARIANT Tiny\n")
     broken = tlc.run_tlc(spec, config, simulate=50)
     assert broken.verdict == "violated:Tiny" and broken.trace_states == 5, broken.output
+
+
+def test_a_violated_action_property_is_named(tmp_path: Path) -> None:
+    """RefinesBftCore is an action property ([][A]_v): TLC names it when a step breaks
+    it, in a search and in a simulation, and the runner reports it as violated."""
+    spec = tmp_path / "Wrap.tla"
+    spec.write_text(
+        "---- MODULE Wrap ----\nEXTENDS Naturals\nVARIABLE x\nInit == x = 0\n"
+        "Next == x' = (x + 1) % 4\nSpec == Init /\\ [][Next]_x\n"
+        "Grows == [][x' > x]_x\nBounded == [][x' < 4]_x\n====\n"
+    )
+    config = tmp_path / "Wrap.cfg"
+    config.write_text("SPECIFICATION Spec\nPROPERTY Bounded\n")
+    assert tlc.run_tlc(spec, config).verdict == "ok"
+    config.write_text("SPECIFICATION Spec\nPROPERTY Grows\n")
+    for simulate in (0, 20):
+        broken = tlc.run_tlc(spec, config, simulate=simulate)
+        assert broken.verdict == "violated:Grows" and broken.trace_states == 5, broken.output
