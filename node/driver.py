@@ -16,7 +16,10 @@ Guarantees:
   piled up and compaction at least halves them) the driver stores a WAL snapshot
   whose state is ``compact_records`` of everything persisted so far, in the
   WAL's own record encoding; the WAL then deletes the segments its kept
-  snapshots cover, so the disk holds O(two checkpoints) of log.
+  snapshots cover, so the disk holds O(two checkpoints) of log.  The snapshot is
+  written in a thread while rounds go on, and adopted (the WAL compacts) at the
+  end of the round that finds it written; the loop waits for it before ``run``
+  returns, so the WAL is never closed under it.
 * Recovery: the cores are rebuilt from the newest valid snapshot's records plus
   the records after it, exactly as from the whole log (``compact_records`` says
   why); ``Persisted(upto=...)`` counts in the core's numbering, offset from the
@@ -482,6 +485,16 @@ class Watch:
         self.queue.put_nowait(decided)
 
 
+@dataclass(frozen=True, slots=True)
+class _SnapshotWritten:
+    """A WAL snapshot written in a thread, for the loop to adopt."""
+
+    seq: int  # the WAL record it covers up to
+    covered: int  # how many of ``Driver._replay``'s records it replaces
+    compacted: list[PersistRecord]  # its state's records
+    state_bytes: int
+
+
 @dataclass(slots=True)
 class DriverStats:
     rounds: int = 0
@@ -529,6 +542,7 @@ class Driver:
         self._replay = list(records)  # what a replay needs to rebuild the core as it is now
         self._records_since_snapshot = len(records)
         self._snapshot_height = self.core.bft.base_height
+        self._snapshot_task: asyncio.Future[_SnapshotWritten | None] | None = None
         self.fence: Fence | None = None
         if amnesia is not None:
             skew_ns = self.core.bft.cfg.timestamp_skew_max_ns
@@ -633,6 +647,15 @@ class Driver:
 
     async def run(self) -> None:
         assert self.transport is not None, "connect a transport first"
+        try:
+            await self._loop()
+        except BaseException:
+            if self._snapshot_task is not None:  # the WAL is closed once this returns
+                await asyncio.wait({self._snapshot_task})
+            raise
+        await self._finish_snapshot()
+
+    async def _loop(self) -> None:
         while not self._stopping:
             due = self.ticks_due()
             inputs: list[Inbound] = []
@@ -740,31 +763,66 @@ class Driver:
 
     async def _maybe_snapshot(self) -> None:
         """A WAL snapshot when the stable checkpoint moved on far enough, or when records
-        pile up without one and compaction pays (fallback, a stalled checkpoint)."""
+        pile up without one and compaction pays (fallback, a stalled checkpoint).
+
+        The snapshot is compacted, encoded and written in a thread while the loop goes
+        on (at tens of megabytes of ledger that takes about half a second, which all
+        four replicas used to spend stalled at once).  It covers the records appended
+        when it started; it is adopted (the WAL compacts) at the end of a later round,
+        between appends, and records appended meanwhile stay in ``_replay`` after it."""
+        pending = self._snapshot_task
+        if pending is not None:
+            if not pending.done():
+                return
+            self._snapshot_task = None
+            self._adopt_snapshot(pending.result())  # a write that failed raises here
         bft = self.core.bft
         every = self.config.tuning.wal_snapshot_checkpoints * bft.cfg.checkpoint_interval
         if bft.base_height - self._snapshot_height >= every:
             self._snapshot_height = bft.base_height
-            await asyncio.to_thread(self._snapshot, 0)
+            self._start_snapshot(0)
         elif self._records_since_snapshot >= SNAPSHOT_RECORDS_MAX:
-            await asyncio.to_thread(self._snapshot, len(self._replay) // 2)
+            self._start_snapshot(len(self._replay) // 2)
 
-    def _snapshot(self, worth_records_max: int) -> None:
-        """Store the compacted records as a snapshot covering everything appended so far
-        (``worth_records_max``: only if they come to at most that many; 0: always)."""
-        compacted = compact_records(self._replay)
+    async def _finish_snapshot(self) -> None:
+        """Wait for the snapshot being written, if any, and adopt it (before the WAL
+        may be closed: it is being written in a thread)."""
+        pending = self._snapshot_task
+        if pending is not None:
+            self._snapshot_task = None
+            self._adopt_snapshot(await pending)
+
+    def _start_snapshot(self, worth_records_max: int) -> None:
+        """Snapshot every record appended so far (``worth_records_max``: only if they
+        compact to at most that many; 0: always), in a thread."""
         self._records_since_snapshot = 0
+        records = list(self._replay)  # the records are immutable: a shallow copy suffices
+        self._snapshot_task = asyncio.ensure_future(
+            asyncio.to_thread(self._write_snapshot, records, self.wal.last_seq, worth_records_max)
+        )
+
+    def _write_snapshot(
+        self, records: list[PersistRecord], seq: int, worth_records_max: int
+    ) -> _SnapshotWritten | None:
+        """In a thread: reads nothing of the driver's but its arguments."""
+        compacted = compact_records(records)
         if worth_records_max and len(compacted) > worth_records_max:
-            return  # nothing to gain: the records are live state
+            return None  # nothing to gain: the records are live state
         state = encode_replay_state(compacted)
-        seq = self.wal.snapshot(state)
-        assert seq == self.wal.last_seq
-        self._replay = compacted
+        self.wal.write_snapshot(seq, state)
+        return _SnapshotWritten(seq, len(records), compacted, len(state))
+
+    def _adopt_snapshot(self, written: _SnapshotWritten | None) -> None:
+        if written is None:
+            return
+        self.wal.adopt_snapshot(written.seq)
+        self._replay = written.compacted + self._replay[written.covered :]
         self.stats.wal_snapshots += 1
-        self.stats.snapshot_records = len(compacted)
-        self.stats.snapshot_bytes = len(state)
+        self.stats.snapshot_records = len(written.compacted)
+        self.stats.snapshot_bytes = written.state_bytes
         log.debug("replica %d: WAL snapshot at record %d, %d records, %d bytes",
-                  self.config.replica_id, seq, len(compacted), len(state))  # fmt: skip
+                  self.config.replica_id, written.seq, len(written.compacted),
+                  written.state_bytes)  # fmt: skip
 
     # ---------------------------------------------------------------- the fence
 

@@ -448,7 +448,8 @@ def _list(path: Path) -> _Listing:
 
 
 class WriteAheadLog:
-    """An open log; not thread-safe (the node's driver owns it)."""
+    """An open log; not thread-safe (the node's driver owns it), except that
+    ``write_snapshot`` may run in another thread alongside ``append``."""
 
     def __init__(
         self,
@@ -555,13 +556,27 @@ class WriteAheadLog:
     def snapshot(self, state: bytes) -> int:
         """Store ``state`` as covering every record appended so far, start a new segment,
         and delete what the kept snapshots make unnecessary.  Returns the covered seq."""
+        seq = self._last_seq
+        self.write_snapshot(seq, state)
+        self.adopt_snapshot(seq)
+        return seq
+
+    def write_snapshot(self, seq: int, state: bytes) -> None:
+        """Write ``state`` durably as the snapshot covering records 1..``seq``.
+
+        The one call that may run in another thread while ``append`` runs: it touches
+        only its own file and the directory, not the open segment or the counters.
+        The log does not use the snapshot (for compaction) until ``adopt_snapshot``;
+        recovery may use it as soon as this returns, since it covers only durable
+        records."""
         self._check_usable()
+        if not 0 <= seq <= self._last_seq:
+            raise WalError(f"a snapshot at record {seq}, past the last one ({self._last_seq})")
         if len(state) > self._options.snapshot_bytes_max:
             raise WalError(
                 f"a snapshot of {len(state)} bytes, over the bound of "
                 f"{self._options.snapshot_bytes_max}"
             )
-        seq = self._last_seq
         head = _SNAPSHOT.pack(_SNAPSHOT_MAGIC, seq, len(state), zlib.crc32(state))
         final = self._path / _snapshot_name(seq)
         temporary = final.with_name(final.name + ".tmp")
@@ -574,15 +589,25 @@ class WriteAheadLog:
                 os.close(fd)
             os.replace(temporary, final)
             _fsync_directory(self._path)
+        except OSError as error:
+            self._failed = f"writing snapshot {seq} failed ({error})"
+            raise WalError(f"{self._path}: {self._failed}; reopen to recover") from error
+
+    def adopt_snapshot(self, seq: int) -> None:
+        """Count the snapshot ``write_snapshot`` stored at ``seq`` among the kept ones,
+        start a new segment, and delete what the kept snapshots make unnecessary
+        (segments whose every record is covered by the oldest kept snapshot: records
+        appended after ``seq`` stay)."""
+        self._check_usable()
+        try:
             if seq not in self._snapshots:
                 self._snapshots.append(seq)
             if self._segment_records:
                 self._roll()
             self._compact()
         except OSError as error:
-            self._failed = f"writing snapshot {seq} failed ({error})"
+            self._failed = f"compacting after snapshot {seq} failed ({error})"
             raise WalError(f"{self._path}: {self._failed}; reopen to recover") from error
-        return seq
 
     def close(self) -> None:
         if self._fd >= 0:

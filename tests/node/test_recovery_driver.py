@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,57 @@ def test_recovery_time_from_a_snapshot_and_from_the_whole_log(tmp_path: Path) ->
           f"{from_snapshot_s * 1000:.1f} ms ({_dir_bytes(config.data_dir)} bytes on disk), "
           f"full replay of {len(logs[1])} records {full_s * 1000:.1f} ms "
           f"({_dir_bytes(whole)} bytes on disk)")  # fmt: skip
+
+
+def test_a_snapshot_being_written_does_not_stop_the_replica(tmp_path: Path) -> None:
+    """Replica 0's first WAL snapshot is held in its write until the replica has decided
+    four more blocks (the old driver awaited the write, so it decided none); then
+    released, it is adopted, and the WAL reopens to the cores a replay of the whole
+    log gives, the records appended during the write included."""
+    cluster = _cluster(tmp_path / "c")
+    links = MemoryLinks()
+    drivers = _open(cluster, links)
+    replica = drivers[0]
+    release = threading.Event()
+    held: list[int] = []  # the height replica 0 had decided when its write began
+    write = replica.wal.write_snapshot
+
+    def held_write(seq: int, state: bytes) -> None:
+        if not held:
+            held.append(replica.core.bft.decided_height)
+            if not release.wait(20):
+                raise TimeoutError("the test never released the snapshot")
+        write(seq, state)
+
+    replica.wal.write_snapshot = held_write  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(d.run()) for d in drivers]
+        try:
+            for number in range(1, 30):
+                request = _accounts(cluster) if number == 1 else _transfers(cluster, number)
+                future = drivers[number % 4].submit(request, Finality.FINAL)
+                reply = await asyncio.wait_for(future, 20)
+                if held and replica.core.bft.decided_height >= held[0] + 4:
+                    break
+            assert held, "no snapshot was started"
+            assert replica.core.bft.decided_height >= held[0] + 4
+            assert replica.stats.wal_snapshots == 0  # still being written
+            release.set()
+            await _until_decided(drivers, reply.header.height)
+        finally:
+            release.set()
+            await _stop(drivers, tasks)
+
+    asyncio.run(scenario())
+    assert replica.stats.wal_snapshots >= 1
+    logs: dict[int, list[PersistRecord]] = {i: [] for i in range(4)}
+    _full_logs(links, logs)
+    config = _configs(cluster)[0]
+    wal, reopened = open_wal(config)
+    wal.close()
+    assert fingerprint(reopened.core) == _from_whole_log(config, logs[0])
+    assert reopened.core.bft.decided_height >= held[0] + 4
 
 
 def test_a_deleted_or_corrupt_snapshot_falls_back_to_the_older_one(tmp_path: Path) -> None:

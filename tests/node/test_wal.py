@@ -331,6 +331,36 @@ def test_snapshots_compact_the_log_and_recovery_starts_from_the_newest(tmp_path:
     ]
 
 
+def test_a_snapshot_written_behind_the_tail_keeps_the_records_after_it(tmp_path: Path) -> None:
+    """The driver writes a snapshot in a thread while appends go on: the snapshot covers
+    the records up to where it started, and every record after that survives the
+    compaction that adopting it triggers, and a crash before or after adopting."""
+    with WriteAheadLog.open(tmp_path)[0] as log:
+        log.append(votes(1, 10))
+        log.snapshot(b"state at 10")
+        log.append(votes(11, 5))
+        with pytest.raises(WalError, match="past the last one"):
+            log.write_snapshot(16, b"too far")
+        log.write_snapshot(15, b"state at 15")
+        log.append(votes(16, 3))  # appended while the snapshot was being written
+        log.append(votes(19, 2))
+    # A crash before adopting: the written snapshot is used, the later records kept.
+    log, recovered, report = WriteAheadLog.open(tmp_path)
+    with log:
+        assert recovered.snapshot is not None and recovered.snapshot.state == b"state at 15"
+        assert recovered.records == tuple(votes(16, 5)) and report.snapshot_seq == 15
+        log.append(votes(21, 1))
+        log.write_snapshot(20, b"state at 20")
+        log.append(votes(22, 2))
+        log.adopt_snapshot(20)
+        log.append(votes(24, 1))
+    assert not (tmp_path / "snapshot-00000000000000000010.snap").exists()
+    log, recovered, _ = WriteAheadLog.open(tmp_path)
+    with log:
+        assert recovered.snapshot is not None and recovered.snapshot.state == b"state at 20"
+        assert (recovered.first_seq, recovered.records) == (21, tuple(votes(21, 4)))
+
+
 def _two_snapshots(path: Path) -> None:
     with WriteAheadLog.open(path)[0] as log:
         log.append(votes(1, 10))
