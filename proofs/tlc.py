@@ -114,7 +114,7 @@ CATALOGUE: tuple[Model, ...] = (
     Model("mutant_live_fallback_ignores_reports", "FallbackLive", "temporal", True,
           "the heal leader ignores the fallback reports: replicas holding the provisional "
           "block refuse its SYNC and nothing is decided"),
-    Model("fallback_s2_sample", "FallbackRefinesBftCore", None, True,
+    Model("fallback_s2_sample", "Fallback", None, True,
           "S1 and S2, no Byzantine: n=4, regencies 0..1, terms 1..2, log of 2, any start; "
           "12,000 random behaviours (the state space is out of reach)", simulate=12_000),
     Model("fallback_s1_byz_sample", "FallbackRefinesBftCore", None, True,
