@@ -119,7 +119,8 @@ CATALOGUE: tuple[Model, ...] = (
           "12,000 random behaviours (the state space is out of reach)", simulate=12_000),
     Model("fallback_s1_byz_sample", "FallbackRefinesBftCore", None, True,
           "S1 with the heal leader (replica 1) Byzantine: n=4, regencies 0..1, terms 1..2, "
-          "log of 2, any start; 3,000 random behaviours", simulate=3_000),
+          "log of 2, any start; 3,000 random behaviours, each step checked against "
+          "BftCore (RefinesBftCore)", simulate=3_000),
     Model("fallback_s1_byz_sample_big", "FallbackRefinesBftCore", None, False,
           "fallback_s1_byz_sample with 20,000 random behaviours", simulate=20_000,
           cfg="fallback_s1_byz_sample"),
