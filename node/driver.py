@@ -770,12 +770,10 @@ class Driver:
         four replicas used to spend stalled at once).  It covers the records appended
         when it started; it is adopted (the WAL compacts) at the end of a later round,
         between appends, and records appended meanwhile stay in ``_replay`` after it."""
-        pending = self._snapshot_task
-        if pending is not None:
-            if not pending.done():
+        if self._snapshot_task is not None:
+            if not self._snapshot_task.done():
                 return
-            self._snapshot_task = None
-            self._adopt_snapshot(pending.result())  # a write that failed raises here
+            await self._finish_snapshot()  # a write that failed raises here
         bft = self.core.bft
         every = self.config.tuning.wal_snapshot_checkpoints * bft.cfg.checkpoint_interval
         if bft.base_height - self._snapshot_height >= every:
