@@ -68,18 +68,20 @@ Proposed(h, g, v) ==
     IF Leader(g) \in Byz THEN TRUE ELSE <<h, g, v>> \in proposes
 
 \* q WRITEs for v: a write proof (BFT-SMaRt's writeset), needed to ACCEPT.
-WriteProof(h, g, v) == Cardinality({s \in Replicas : Wrote(s, h, g, v)}) >= Quorum
+\* Counted as |Byz| plus the honest votes sent: writes and accepts hold honest
+\* senders only (SentByHonest, checked with TypeOK), so this is the number of
+\* replicas s with Wrote(s, h, g, v) (resp. Accepted), cheaper to count.
+Writers(h, g, v) == Cardinality(Byz) + Cardinality({w \in writes : w[2] = h /\ w[3] = g /\ w[4] = v})
+Accepters(h, g, v) == Cardinality(Byz) + Cardinality({a \in accepts : a[2] = h /\ a[3] = g /\ a[4] = v})
+WriteProof(h, g, v) == Writers(h, g, v) >= Quorum
 \* q ACCEPTs for v: a commit certificate.
 Certified(h, v) ==
-    \E g \in Regencies : Cardinality({s \in Replicas : Accepted(s, h, g, v)}) >= Quorum
+    \E g \in Regencies : Accepters(h, g, v) >= Quorum
 
 \* The height an honest replica works on: one above its last decided height.
-DecidedHeight(r) ==
-    IF \E h \in Heights : decided[r][h] = NoBlock
-    THEN CHOOSE h \in 0 .. MaxHeight :
-            /\ \A k \in 1 .. h : decided[r][k] # NoBlock
-            /\ (h = MaxHeight \/ decided[r][h + 1] = NoBlock)
-    ELSE MaxHeight
+\* Heights are decided in order (DecidedInOrder, checked with TypeOK), so this is
+\* the number of heights decided (counting is cheaper for TLC than a CHOOSE).
+DecidedHeight(r) == Cardinality({h \in Heights : decided[r][h] # NoBlock})
 Open(r) == DecidedHeight(r) + 1
 
 \* r's best write proof at height h: the highest regency it ACCEPTed in.
@@ -104,7 +106,19 @@ ProvableClaim(e) ==
           /\ WriteProof(dh + 1, pg, pv)
 \* A Byzantine replica that sends no STOP-DATA "claims" this (sender None).
 NoClaim(g) == <<None, g, 0, None, NoBlock>>
-ByzClaims(g) == {e \in ByzStopData(g) : ProvableClaim(e)} \cup {NoClaim(g)}
+\* ByzClaims(g) is {e \in ByzStopData(g) : ProvableClaim(e)} plus NoClaim(g),
+\* built from the certified heights and write proofs that exist, each looked up
+\* once instead of once per candidate claim: TLC evaluates it for every SYNC a
+\* follower weighs.  ByzClaimsExact (checked in bft_byz_h1) says they agree.
+ByzClaims(g) ==
+    LET dhs == {dh \in 0 .. MaxHeight : dh = 0 \/ \E v \in Blocks : Certified(dh, v)}
+        proofs(dh) ==
+            {<<None, NoBlock>>} \cup
+            IF dh >= MaxHeight THEN {}
+            ELSE {p \in {x \in Regencies : x < g} \X Blocks : WriteProof(dh + 1, p[1], p[2])}
+    IN {<<b, g, x[1], x[2][1], x[2][2]>> :
+            b \in Byz, x \in UNION {{dh} \X proofs(dh) : dh \in dhs}}
+       \cup {NoClaim(g)}
 
 Max(S) == CHOOSE x \in S : \A y \in S : y <= x
 
@@ -188,8 +202,12 @@ Accept(r, v) ==
 Decide(r, v) ==
     LET h == Open(r) IN
     /\ h \in Heights
-    /\ \E g \in Regencies :
-        /\ Cardinality({s \in Replicas : Accepted(s, h, g, v)}) >= Quorum
+    \* Only regencies with an honest ACCEPT of v at h can hold a certificate, unless
+    \* the Byzantine replicas alone make a quorum (a mutant): looking only there
+    \* saves TLC a count per regency.
+    /\ \E g \in {a[3] : a \in {x \in accepts : x[2] = h /\ x[4] = v}} \cup
+                (IF Cardinality(Byz) >= Quorum THEN Regencies ELSE {}) :
+        /\ Accepters(h, g, v) >= Quorum
         \* Decided in r's own regency: its SYNC was followed by a quorum, so r may
         \* follow the leader even though it missed the SYNC.
         /\ inSync' = IF g = regency[r] THEN [inSync EXCEPT ![r] = FALSE] ELSE inSync
@@ -245,10 +263,18 @@ Spec == Init /\ [][Next]_vars
 -----------------------------------------------------------------------------
 (* Properties.                                                             *)
 
-TypeOK ==
-    /\ regency \in [Honest -> Regencies]
-    /\ inSync \in [Honest -> BOOLEAN]
-    /\ decided \in [Honest -> [Heights -> Blocks \cup {NoBlock}]]
+\* ByzClaims is the set its comment says.
+ByzClaimsExact ==
+    \A g \in Regencies :
+        ByzClaims(g) = {e \in ByzStopData(g) : ProvableClaim(e)} \cup {NoClaim(g)}
+
+\* What Writers and Accepters rely on.
+SentByHonest == \A m \in writes \cup accepts : m[1] \in Honest
+
+\* What DecidedHeight relies on.
+DecidedInOrder ==
+    \A r \in Honest, h \in Heights :
+        decided[r][h] # NoBlock => \A k \in 1 .. h : decided[r][k] # NoBlock
 
 \* S1: no two honest replicas decide different blocks at one height.
 Agreement ==
@@ -258,5 +284,12 @@ Agreement ==
 \* Validity: an honest replica decides only blocks it can validate.
 Validity ==
     \A r \in Honest, h \in Heights : decided[r][h] \in Values \cup {NoBlock}
+
+TypeOK ==
+    /\ regency \in [Honest -> Regencies]
+    /\ inSync \in [Honest -> BOOLEAN]
+    /\ decided \in [Honest -> [Heights -> Blocks \cup {NoBlock}]]
+    /\ DecidedInOrder
+    /\ SentByHonest
 
 =============================================================================

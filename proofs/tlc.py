@@ -121,6 +121,10 @@ CATALOGUE: tuple[Model, ...] = (
           "S1 with the heal leader (replica 1) Byzantine: n=4, regencies 0..1, terms 1..2, "
           "log of 2, any start; 3,000 random behaviours, each step checked against "
           "BftCore (RefinesBftCore)", simulate=3_000),
+    Model("claims_exact_fallback", "FallbackRefinesBftCore", None, True,
+          "Fallback.tla's ByzClaims equals the filter it stands for (ByzClaimsExact), on "
+          "24 random behaviours of fallback_s1_byz_sample's model (the filter is dear)",
+          simulate=24),
     Model("fallback_s1_byz_sample_big", "FallbackRefinesBftCore", None, False,
           "fallback_s1_byz_sample with 20,000 random behaviours", simulate=20_000,
           cfg="fallback_s1_byz_sample"),

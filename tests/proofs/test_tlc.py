@@ -136,3 +136,37 @@ def test_a_violated_action_property_is_named(tmp_path: Path) -> None:
     for simulate in (0, 20):
         broken = tlc.run_tlc(spec, config, simulate=simulate)
         assert broken.verdict == "violated:Grows" and broken.trace_states == 5, broken.output
+
+
+@pytest.mark.parametrize(
+    ("model_name", "spec", "module", "exact"),
+    [
+        ("bft_byz_h1", "BftCore", "BftCore.tla", "{x \\in Regencies : x < g} \\X Blocks"),
+        (
+            "claims_exact_fallback",
+            "FallbackRefinesBftCore",
+            "Fallback.tla",
+            "below == {x \\in Regencies : x < g}",
+        ),
+    ],
+)
+def test_a_wrong_claims_shortcut_is_caught(
+    model_name: str, spec: str, module: str, exact: str, tmp_path: Path
+) -> None:
+    """ByzClaims builds the Byzantine STOP-DATA claims directly instead of filtering
+    every candidate (the filter made the CI models several times slower).
+    ByzClaimsExact compares the two; a shortcut that also lets a Byzantine replica
+    claim a write proof from its own regency must be reported."""
+    broken = []
+    for source in tlc.PROOFS.glob("*.tla"):
+        text = source.read_text()
+        if exact in text:
+            text = text.replace(exact, exact.replace("x < g", "x <= g"))
+            broken.append(source.name)
+        (tmp_path / source.name).write_text(text)
+    assert broken == [module], broken
+    model = next(m for m in tlc.CATALOGUE if m.name == model_name)
+    config = tmp_path / model.config.name
+    config.write_text(model.config.read_text())
+    outcome = tlc.run_tlc(tmp_path / f"{spec}.tla", config, simulate=model.simulate)
+    assert outcome.verdict == "violated:ByzClaimsExact", outcome.output[-3000:]
