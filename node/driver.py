@@ -20,6 +20,10 @@ Guarantees:
   written in a thread while rounds go on, and adopted (the WAL compacts) at the
   end of the round that finds it written; the loop waits for it before ``run``
   returns, so the WAL is never closed under it.
+* A checkpoint the replica made itself from blocks it logged is not appended to
+  the WAL: the next snapshot stores it (``_append`` says why a replay reaches the
+  same state without it), so no replica stops while the whole ledger is written
+  at every checkpoint; a clean stop snapshots one that no snapshot holds yet.
 * Recovery: the cores are rebuilt from the newest valid snapshot's records plus
   the records after it, exactly as from the whole log (``compact_records`` says
   why); ``Persisted(upto=...)`` counts in the core's numbering, offset from the
@@ -226,7 +230,9 @@ def encode_replay_state(records: Sequence[PersistRecord]) -> bytes:
     assert len(records) <= REPLAY_RECORDS_MAX
     parts = [_REPLAY_HEAD.pack(_REPLAY_MAGIC, len(records))]
     for record in records:
-        payload = encode_record(record)  # it went into the WAL: it fits
+        # WireError for a checkpoint over WAL_CHECKPOINT_RECORD_BYTES_MAX (one left to
+        # the snapshot by the driver); every other record went into the WAL: it fits.
+        payload = encode_record(record)
         parts += [_LENGTH.pack(len(payload)), payload]
     return b"".join(parts)
 
@@ -493,6 +499,7 @@ class _SnapshotWritten:
     covered: int  # how many of ``Driver._replay``'s records it replaces
     compacted: list[PersistRecord]  # its state's records
     state_bytes: int
+    checkpoints_dropped: list[int]  # heights of checkpoints too large even for the snapshot
 
 
 @dataclass(slots=True)
@@ -511,6 +518,7 @@ class DriverStats:
     fenced_inputs_dropped: int = 0
     fenced_outputs_dropped: int = 0
     checkpoints_not_persisted: int = 0  # over WAL_CHECKPOINT_RECORD_BYTES_MAX
+    checkpoints_deferred: int = 0  # made here: left to the next WAL snapshot
     oversized_sends_dropped: int = 0  # over WIRE_BYTES_MAX (a catch-up answer's checkpoint)
 
 
@@ -540,6 +548,10 @@ class Driver:
         self.seq_base = wal.last_seq - self.core.bft.persist_seq
         assert self.seq_base >= 0, (wal.last_seq, self.core.bft.persist_seq)
         self._replay = list(records)  # what a replay needs to rebuild the core as it is now
+        # The decided height a replay of the log (segments and snapshot) reaches; a
+        # checkpoint at or below it is left to the next snapshot (``_append``).
+        self._log_reaches = self.core.bft.decided_height
+        self._deferred_unsnapshotted = False  # a deferred checkpoint no snapshot covers
         self._records_since_snapshot = len(records)
         self._snapshot_height = self.core.bft.base_height
         self._snapshot_task: asyncio.Future[_SnapshotWritten | None] | None = None
@@ -654,6 +666,11 @@ class Driver:
                 await asyncio.wait({self._snapshot_task})
             raise
         await self._finish_snapshot()
+        if self._deferred_unsnapshotted:
+            # A checkpoint left to the snapshot is in none yet: store it now, so that a
+            # restart after a clean stop starts from it, not from the one before.
+            self._start_snapshot(0)
+            await self._finish_snapshot()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -716,18 +733,69 @@ class Driver:
             self._wake_readers()
 
     def _append(self, records: list[PersistRecord]) -> int:
-        """Append in WAL-sized batches (each atomic; together they need not be)."""
+        """Append in WAL-sized batches (each atomic; together they need not be).
+
+        A checkpoint this replica made from blocks it logged itself is not appended:
+        it goes into the next WAL snapshot (``_replay`` holds it), which is written
+        off the loop, instead of stopping the loop while its snapshot, the whole
+        ledger, is written twice.  Until that snapshot is adopted, a replay of the log
+        starts from the previous checkpoint and applies the decided records above it,
+        which the log holds (``_log_reaches`` is at or above the checkpoint's height),
+        and reaches the same state: the same argument as for a checkpoint too large
+        for the WAL (``_append_batch``).  A checkpoint installed from a peer has no
+        decided records below it here and is appended."""
         last = self.wal.last_seq
         for start in range(0, len(records), WAL_BATCH_RECORDS_MAX):
             batch = records[start : start + WAL_BATCH_RECORDS_MAX]
-            started_s = time.perf_counter()
-            last, batch = self._append_batch(batch)
-            self.telemetry.wal_appended(time.perf_counter() - started_s, len(batch))
+            deferred = {id(record) for record in self._deferrable(batch)}
+            appended: list[PersistRecord] = []
+            if len(deferred) < len(batch):
+                started_s = time.perf_counter()
+                kept = [record for record in batch if id(record) not in deferred]
+                last, appended = self._append_batch(kept)
+                self.telemetry.wal_appended(time.perf_counter() - started_s, len(appended))
+            self.seq_base -= len(deferred)
+            self.stats.checkpoints_deferred += len(deferred)
+            self._deferred_unsnapshotted |= bool(deferred)
+            for record in appended:
+                self._note_logged(record)
+            logged = deferred | {id(record) for record in appended}
+            batch = [record for record in batch if id(record) in logged]
             self._replay += batch
             self._records_since_snapshot += len(batch)
             self.stats.wal_batches += 1
         self.stats.wal_records += len(records)
         return last
+
+    def _deferrable(self, batch: list[PersistRecord]) -> list[PersistRecord]:
+        """The checkpoints in ``batch`` a replay reaches without (see ``_append``)."""
+        reaches = self._log_reaches
+        deferred: list[PersistRecord] = []
+        for record in batch:
+            match record:
+                case DecidedRecord(decided=decided):
+                    if decided.block.header.height == reaches + 1:
+                        reaches += 1
+                case CheckpointRecord(checkpoint=stable):
+                    if stable.height <= reaches:
+                        deferred.append(record)
+                    # else: installed from a peer, appended (unless too large for the WAL,
+                    # so the decided records after it are not counted as reached here)
+                case _:
+                    pass
+        return deferred
+
+    def _note_logged(self, record: PersistRecord) -> None:
+        """Follow the height a replay of the log reaches: contiguous decided records,
+        and the checkpoints in it (``compact_records`` replays exactly these)."""
+        match record:
+            case DecidedRecord(decided=decided):
+                if decided.block.header.height == self._log_reaches + 1:
+                    self._log_reaches += 1
+            case CheckpointRecord(checkpoint=stable):
+                self._log_reaches = max(self._log_reaches, stable.height)
+            case _:
+                pass
 
     def _append_batch(self, batch: list[PersistRecord]) -> tuple[int, list[PersistRecord]]:
         """Append one batch; a checkpoint too large for the WAL is left out (with an
@@ -794,6 +862,7 @@ class Driver:
         """Snapshot every record appended so far (``worth_records_max``: only if they
         compact to at most that many; 0: always), in a thread."""
         self._records_since_snapshot = 0
+        self._deferred_unsnapshotted = False
         records = list(self._replay)  # the records are immutable: a shallow copy suffices
         self._snapshot_task = asyncio.ensure_future(
             asyncio.to_thread(self._write_snapshot, records, self.wal.last_seq, worth_records_max)
@@ -802,17 +871,42 @@ class Driver:
     def _write_snapshot(
         self, records: list[PersistRecord], seq: int, worth_records_max: int
     ) -> _SnapshotWritten | None:
-        """In a thread: reads nothing of the driver's but its arguments."""
-        compacted = compact_records(records)
-        if worth_records_max and len(compacted) > worth_records_max:
-            return None  # nothing to gain: the records are live state
-        state = encode_replay_state(compacted)
+        """In a thread: reads nothing of the driver's but its arguments.
+
+        A checkpoint too large to encode (over ``WAL_CHECKPOINT_RECORD_BYTES_MAX``; the
+        driver leaves the ones it makes to the snapshot) is left out, and the snapshot
+        keeps the previous checkpoint and the decided records above it instead."""
+        covered = len(records)
+        dropped: list[int] = []
+        while True:
+            compacted = compact_records(records)
+            if worth_records_max and len(compacted) > worth_records_max:
+                return None  # nothing to gain: the records are live state
+            try:
+                state = encode_replay_state(compacted)
+            except WireError:
+                big = next((r for r in compacted if isinstance(r, CheckpointRecord)), None)
+                if big is None:
+                    raise
+                dropped.append(big.checkpoint.height)
+                records = [record for record in records if record is not big]
+                continue
+            break
         self.wal.write_snapshot(seq, state)
-        return _SnapshotWritten(seq, len(records), compacted, len(state))
+        return _SnapshotWritten(seq, covered, compacted, len(state), dropped)
 
     def _adopt_snapshot(self, written: _SnapshotWritten | None) -> None:
         if written is None:
             return
+        for height in written.checkpoints_dropped:
+            log.error(
+                "replica %d: checkpoint h%d is too large for the WAL (the bound is "
+                "WAL_CHECKPOINT_RECORD_BYTES_MAX): not persisted, a restart replays from "
+                "the previous checkpoint",
+                self.config.replica_id,
+                height,
+            )
+            self.stats.checkpoints_not_persisted += 1
         self.wal.adopt_snapshot(written.seq)
         self._replay = written.compacted + self._replay[written.covered :]
         self.stats.wal_snapshots += 1

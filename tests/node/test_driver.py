@@ -50,6 +50,15 @@ class MemoryLinks:
             return last
 
         driver.wal.append = logged_append  # type: ignore[method-assign,assignment]
+        deferrable = driver._deferrable
+
+        def logged_deferrable(batch: list[PersistRecord]) -> list[PersistRecord]:
+            deferred = deferrable(batch)  # checkpoints left to the next WAL snapshot
+            if deferred:
+                self.events.append(("deferred", replica, tuple(deferred)))
+            return deferred
+
+        driver._deferrable = logged_deferrable  # type: ignore[method-assign]
         answer = driver._answer
 
         def logged_answer(reply: Reply) -> None:
