@@ -320,6 +320,19 @@ FENCED_INPUTS: Final = (
 FENCED_OUTPUTS: Final = (FetchBlocks, Blocks, FetchChunk, SnapshotChunk)
 
 
+def _reach(reaches: int, record: PersistRecord) -> int:
+    """The decided height a replay of a log reaching ``reaches`` reaches once ``record``
+    is appended to it: the next decided block, or a checkpoint (``compact_records``
+    replays the highest checkpoint and the contiguous decided records above it)."""
+    match record:
+        case DecidedRecord(decided=decided) if decided.block.header.height == reaches + 1:
+            return reaches + 1
+        case CheckpointRecord(checkpoint=stable):
+            return max(reaches, stable.height)
+        case _:
+            return reaches
+
+
 def _small(records: Sequence[PersistRecord]) -> bool:
     """Whether ``records`` are small enough to append inline (``INLINE_APPEND_EVENTS_MAX``)."""
     events = 0
@@ -772,30 +785,17 @@ class Driver:
         reaches = self._log_reaches
         deferred: list[PersistRecord] = []
         for record in batch:
-            match record:
-                case DecidedRecord(decided=decided):
-                    if decided.block.header.height == reaches + 1:
-                        reaches += 1
-                case CheckpointRecord(checkpoint=stable):
-                    if stable.height <= reaches:
-                        deferred.append(record)
-                    # else: installed from a peer, appended (unless too large for the WAL,
-                    # so the decided records after it are not counted as reached here)
-                case _:
-                    pass
+            if isinstance(record, CheckpointRecord):
+                if record.checkpoint.height <= reaches:
+                    deferred.append(record)
+                # else: installed from a peer and appended, unless too large for the
+                # WAL, so the decided records after it are not counted as reached here
+            else:
+                reaches = _reach(reaches, record)
         return deferred
 
     def _note_logged(self, record: PersistRecord) -> None:
-        """Follow the height a replay of the log reaches: contiguous decided records,
-        and the checkpoints in it (``compact_records`` replays exactly these)."""
-        match record:
-            case DecidedRecord(decided=decided):
-                if decided.block.header.height == self._log_reaches + 1:
-                    self._log_reaches += 1
-            case CheckpointRecord(checkpoint=stable):
-                self._log_reaches = max(self._log_reaches, stable.height)
-            case _:
-                pass
+        self._log_reaches = _reach(self._log_reaches, record)
 
     def _append_batch(self, batch: list[PersistRecord]) -> tuple[int, list[PersistRecord]]:
         """Append one batch; a checkpoint too large for the WAL is left out (with an
@@ -814,18 +814,21 @@ class Driver:
                 record = batch[error.index]
                 if not isinstance(record, CheckpointRecord):
                     raise
-                log.error(
-                    "replica %d: checkpoint h%d is too large for the WAL (%s; the bound is "
-                    "WAL_CHECKPOINT_RECORD_BYTES_MAX): not persisted, a restart replays from "
-                    "the previous checkpoint",
-                    self.config.replica_id,
-                    record.checkpoint.height,
-                    error,
-                )
+                self._checkpoint_not_persisted(record.checkpoint.height, f"{error}; ")
                 batch = batch[: error.index] + batch[error.index + 1 :]
                 self.seq_base -= 1
-                self.stats.checkpoints_not_persisted += 1
         raise AssertionError("unreachable: every retry drops a record")
+
+    def _checkpoint_not_persisted(self, height: int, detail: str = "") -> None:
+        log.error(
+            "replica %d: checkpoint h%d is too large for the WAL (%sthe bound is "
+            "WAL_CHECKPOINT_RECORD_BYTES_MAX): not persisted, a restart replays from "
+            "the previous checkpoint",
+            self.config.replica_id,
+            height,
+            detail,
+        )
+        self.stats.checkpoints_not_persisted += 1
 
     # ---------------------------------------------------------------- snapshots
 
@@ -884,14 +887,13 @@ class Driver:
                 return None  # nothing to gain: the records are live state
             try:
                 state = encode_replay_state(compacted)
+                break
             except WireError:
                 big = next((r for r in compacted if isinstance(r, CheckpointRecord)), None)
                 if big is None:
                     raise
                 dropped.append(big.checkpoint.height)
                 records = [record for record in records if record is not big]
-                continue
-            break
         self.wal.write_snapshot(seq, state)
         return _SnapshotWritten(seq, covered, compacted, len(state), dropped)
 
@@ -899,14 +901,7 @@ class Driver:
         if written is None:
             return
         for height in written.checkpoints_dropped:
-            log.error(
-                "replica %d: checkpoint h%d is too large for the WAL (the bound is "
-                "WAL_CHECKPOINT_RECORD_BYTES_MAX): not persisted, a restart replays from "
-                "the previous checkpoint",
-                self.config.replica_id,
-                height,
-            )
-            self.stats.checkpoints_not_persisted += 1
+            self._checkpoint_not_persisted(height)
         self.wal.adopt_snapshot(written.seq)
         self._replay = written.compacted + self._replay[written.covered :]
         self.stats.wal_snapshots += 1
