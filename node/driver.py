@@ -771,7 +771,7 @@ class Driver:
             self.stats.checkpoints_deferred += len(deferred)
             self._deferred_unsnapshotted |= bool(deferred)
             for record in appended:
-                self._note_logged(record)
+                self._log_reaches = _reach(self._log_reaches, record)
             logged = deferred | {id(record) for record in appended}
             batch = [record for record in batch if id(record) in logged]
             self._replay += batch
@@ -793,9 +793,6 @@ class Driver:
             else:
                 reaches = _reach(reaches, record)
         return deferred
-
-    def _note_logged(self, record: PersistRecord) -> None:
-        self._log_reaches = _reach(self._log_reaches, record)
 
     def _append_batch(self, batch: list[PersistRecord]) -> tuple[int, list[PersistRecord]]:
         """Append one batch; a checkpoint too large for the WAL is left out (with an

@@ -62,17 +62,19 @@ vars == <<regency, inSync, decided, proposes, writes, accepts, stopdata, syncs>>
 (* What has been signed, by honest replicas (the sets) or possibly by      *)
 (* Byzantine ones (always).                                                *)
 
-Wrote(s, h, g, v) == s \in Byz \/ <<s, h, g, v>> \in writes
-Accepted(s, h, g, v) == s \in Byz \/ <<s, h, g, v>> \in accepts
 Proposed(h, g, v) ==
     IF Leader(g) \in Byz THEN TRUE ELSE <<h, g, v>> \in proposes
 
+\* The replicas that signed a WRITE (ACCEPT) of v at h in regency g: every
+\* Byzantine one, and the honest ones whose vote is in writes (accepts).  Those
+\* sets hold honest senders only (SentByHonest, checked with TypeOK), so the
+\* count is |Byz| plus the matching votes, which TLC counts more cheaply than
+\* the signers among all replicas.
+Writers(h, g, v) ==
+    Cardinality(Byz) + Cardinality({w \in writes : w[2] = h /\ w[3] = g /\ w[4] = v})
+Accepters(h, g, v) ==
+    Cardinality(Byz) + Cardinality({a \in accepts : a[2] = h /\ a[3] = g /\ a[4] = v})
 \* q WRITEs for v: a write proof (BFT-SMaRt's writeset), needed to ACCEPT.
-\* Counted as |Byz| plus the honest votes sent: writes and accepts hold honest
-\* senders only (SentByHonest, checked with TypeOK), so this is the number of
-\* replicas s with Wrote(s, h, g, v) (resp. Accepted), cheaper to count.
-Writers(h, g, v) == Cardinality(Byz) + Cardinality({w \in writes : w[2] = h /\ w[3] = g /\ w[4] = v})
-Accepters(h, g, v) == Cardinality(Byz) + Cardinality({a \in accepts : a[2] = h /\ a[3] = g /\ a[4] = v})
 WriteProof(h, g, v) == Writers(h, g, v) >= Quorum
 \* q ACCEPTs for v: a commit certificate.
 Certified(h, v) ==

@@ -131,12 +131,10 @@ vars == <<bftVars, mode, entryRegency, raftVars, msgVars, pcommits>>
 -----------------------------------------------------------------------------
 (* BFT helpers (BftCore.tla at one height).                               *)
 
-Wrote(s, g, v) == s \in Byz \/ <<s, g, v>> \in writes
-Accepted(s, g, v) == s \in Byz \/ <<s, g, v>> \in accepts
 Proposed(g, v) == IF Leader(g) \in Byz THEN TRUE ELSE <<g, v>> \in proposes
-\* Counted as |Byz| plus the honest votes sent (writes and accepts hold honest
-\* senders only: SentByHonest, checked with TypeOK), which is the number of
-\* replicas s with Wrote(s, g, v) (resp. Accepted), and cheaper to count.
+\* The signers of a WRITE (ACCEPT) of v in regency g: every Byzantine replica and
+\* the honest ones whose vote is in writes (accepts), which hold honest senders
+\* only (SentByHonest, checked with TypeOK): |Byz| plus the matching votes.
 WriteProof(g, v) ==
     Cardinality(Byz) + Cardinality({w \in writes : w[2] = g /\ w[3] = v}) >= Quorum
 CertifiedIn(g, v) ==
