@@ -94,20 +94,38 @@ def status_table(client: Client, count: int) -> list[str]:
             rows.append(client.status(replica))
         except ClientError as error:
             rows.append(str(error))
+    return status_lines(rows)
+
+
+def status_lines(rows: list[dict[str, object] | str]) -> list[str]:
+    """The table ``aegis cluster up`` prints: a status (``service.status_of``) or why
+    the replica did not answer, per replica; notes flag what an operator should look at."""
     heights = [int(str(r["height"])) for r in rows if isinstance(r, dict)]
     top = max(heights, default=0)
-    lines = ["replica  mode      regency  height  lag  pending  peers"]
+    lines = ["replica  mode      regency  height  lag  pending  checkpoint  peers"]
     for replica, row in enumerate(rows):
         if isinstance(row, str):
             lines.append(f"{replica:>7}  down: {row}")
             continue
         height = int(str(row["height"]))
         peers = ",".join(str(p) for p in row["peers_connected"])  # type: ignore[attr-defined]
+        notes = []
         fence = row.get("fenced")
-        note = f"  fenced: {fence['reason']}" if isinstance(fence, dict) else ""
+        if isinstance(fence, dict):
+            notes.append(f"fenced: {fence['reason']}")
+        checkpoints = row.get("checkpoints")
+        stable: object = "-"
+        if isinstance(checkpoints, dict):
+            stable = checkpoints["stable_height"]
+            if checkpoints["not_persisted"]:
+                notes.append(
+                    f"{checkpoints['not_persisted']} checkpoints too large for the WAL: "
+                    "a restart replays the blocks above the last persisted one"
+                )
+        note = "".join(f"  {n}" for n in notes)
         lines.append(
             f"{replica:>7}  {row['mode']!s:<8}  {row['regency']!s:>7}  {height:>6}  "
-            f"{top - height:>3}  {row['pending_requests']!s:>7}  {peers}{note}"
+            f"{top - height:>3}  {row['pending_requests']!s:>7}  {stable!s:>10}  {peers}{note}"
         )
     return lines
 

@@ -594,6 +594,11 @@ class Driver:
         self._stopping = False
         self.telemetry = for_driver(self)  # traces and metrics (node.telemetry); off: no-ops
 
+    @property
+    def checkpoint_awaits_snapshot(self) -> bool:
+        """A checkpoint made here is durable only once the next WAL snapshot holds it."""
+        return self._deferred_unsnapshotted
+
     # ---------------------------------------------------------------- clients
 
     def submit(self, request: Request, level: Finality) -> asyncio.Future[Reply]:

@@ -448,7 +448,23 @@ def status_of(driver: Driver) -> dict[str, object]:
         "ticks_behind_max": driver.stats.ticks_behind_max,
         "wal_records": driver.stats.wal_records,
         "wal_batches": driver.stats.wal_batches,
+        "checkpoints": checkpoints_of(driver),
         "peers_connected": sorted(p for p, o in peers.items() if o.stats.connected),
         "messages_rejected": sum(o.stats.messages_rejected for o in peers.values()),
         "messages_dropped": sum(o.stats.messages_dropped for o in peers.values()),
+    }
+
+
+def checkpoints_of(driver: Driver) -> dict[str, object]:
+    """Where this replica's checkpoints are durable.  ``deferred``: made here and left
+    to the next WAL snapshot (``awaiting_snapshot`` while none holds the newest);
+    ``not_persisted``: too large for the WAL, so a restart replays the blocks above
+    the previous one (see ``Driver._append``)."""
+    stats = driver.stats
+    return {
+        "stable_height": driver.core.bft.base_height,
+        "deferred": stats.checkpoints_deferred,
+        "awaiting_snapshot": driver.checkpoint_awaits_snapshot,
+        "not_persisted": stats.checkpoints_not_persisted,
+        "wal_snapshots": stats.wal_snapshots,
     }

@@ -28,8 +28,10 @@ from consensus import wire
 from consensus.effects import CheckpointRecord, PersistRecord
 from consensus.messages import Finality, Request
 from node import wal as wal_module
+from node.cluster import status_lines
 from node.config import Tuning, init_cluster
 from node.driver import Driver, build_core
+from node.service import checkpoints_of, status_of
 from tests.node.test_driver import MemoryLinks, _accounts, _configs, _open, _run, _transfers
 from tests.node.test_recovery import fingerprint
 
@@ -103,6 +105,18 @@ def test_a_checkpoint_over_the_wal_bound_is_left_out_and_the_replica_goes_on(
     asyncio.run(_run(drivers, _workload(cluster, 1, REQUESTS)))  # raises if a driver died
     assert all(d.stats.checkpoints_not_persisted >= 1 for d in drivers)
     assert "too large for the WAL" in caplog.text
+    # ``aegis cluster up`` flags it on each replica's line.
+    statuses: list[dict[str, object] | str] = [status_of(d) for d in drivers]
+    table = status_lines(statuses)
+    for driver, line in zip(drivers, table[1:], strict=True):
+        count = driver.stats.checkpoints_not_persisted
+        assert f"{count} checkpoints too large for the WAL" in line, line
+        assert f" {driver.core.bft.base_height} " in line, line
+    quiet = {
+        **status_of(drivers[0]),
+        "checkpoints": {**checkpoints_of(drivers[0]), "not_persisted": 0},
+    }
+    assert "too large" not in status_lines([quiet])[1]
     assert "WAL_CHECKPOINT_RECORD_BYTES_MAX" in caplog.text
     for i in range(4):
         assert len(_big_checkpoints(_persisted(links, i))) >= 3  # made, and left out

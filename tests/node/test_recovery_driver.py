@@ -36,6 +36,7 @@ from consensus.wire import encode
 from node.config import NodeConfig, Tuning, init_cluster, load_node_config
 from node.driver import Driver, Fence, build_core
 from node.replica import StartError, open_wal
+from node.service import status_of
 from node.wal import WriteAheadLog
 from tests.node.test_driver import (
     MemoryLinks,
@@ -216,6 +217,14 @@ def test_checkpoints_left_to_snapshots_never_written_are_replayed_from_the_block
     for driver in drivers:
         assert driver.stats.checkpoints_deferred >= 3 and driver.stats.wal_snapshots == 0
         assert driver.core.bft.base_height >= 3 * CHECKPOINT_INTERVAL
+        # What an operator sees: the newest checkpoint is durable only in a snapshot to come.
+        assert status_of(driver)["checkpoints"] == {
+            "stable_height": driver.core.bft.base_height,
+            "deferred": driver.stats.checkpoints_deferred,
+            "awaiting_snapshot": True,
+            "not_persisted": 0,
+            "wal_snapshots": 0,
+        }
     appended = [r for kind, _, batch in links.events if kind == "durable" for r in batch]
     assert not any(isinstance(r, CheckpointRecord) for r in appended)
 
