@@ -284,21 +284,32 @@ Conflict(r, v, sfx, pv) ==
 \* reads the absence of a message (write proofs and certificates are monotone).
 First == CHOOSE v \in Values : TRUE
 
+\* The BFT messages of those initial states, one record each: the blocks w the
+\* honest replicas WROTE (NoBlock: none) and the writers A of them that ACCEPTed.
+\* FallbackInitInBftCore.tla checks that BftCore.tla reaches each of them.
+InitBft ==
+    LET honestLeader == Leader(0) \notin Byz
+        writersOf(w) == {r \in Honest : w[r] # NoBlock}
+        starts == {w \in [Honest -> {NoBlock} \cup Values] :
+                      /\ honestLeader => \A r \in writersOf(w) : w[r] = First
+                      /\ honestLeader /\ writersOf(w) # {} => Leader(0) \in writersOf(w)
+                      /\ FixedStart => writersOf(w) = Writers0 \cap Honest}
+        votes(w, rs) == {<<r, 0, w[r]>> : r \in rs}
+        \* WriteProof(0, v) over the WRITEs of w
+        proofFor(w, v) ==
+            Cardinality(Byz) + Cardinality({r \in writersOf(w) : w[r] = v}) >= Quorum
+    IN UNION {{[proposes |-> IF honestLeader /\ writersOf(w) # {} THEN {<<0, First>>} ELSE {},
+                writes |-> votes(w, writersOf(w)),
+                accepts |-> votes(w, A)] :
+                  A \in {X \in SUBSET {r \in writersOf(w) : proofFor(w, w[r])} :
+                            FixedStart => X = Accepters0 \cap Honest}} :
+              w \in starts}
+
 Init ==
     /\ regency = [r \in Honest |-> 0]
     /\ inSync = [r \in Honest |-> FALSE]
     /\ decided = [r \in Honest |-> NoBlock]
-    /\ \E w \in [Honest -> {NoBlock} \cup Values] :
-        LET writers == {r \in Honest : w[r] # NoBlock}
-            honestLeader == Leader(0) \notin Byz
-        IN /\ honestLeader => \A r \in writers : w[r] = First
-           /\ honestLeader /\ writers # {} => Leader(0) \in writers
-           /\ FixedStart => writers = Writers0 \cap Honest
-           /\ proposes = IF honestLeader /\ writers # {} THEN {<<0, First>>} ELSE {}
-           /\ writes = {<<r, 0, w[r]>> : r \in writers}
-           /\ \E A \in SUBSET {r \in writers : WriteProof(0, w[r])} :
-                /\ FixedStart => A = Accepters0 \cap Honest
-                /\ accepts = {<<r, 0, w[r]>> : r \in A}
+    /\ \E s \in InitBft : proposes = s.proposes /\ writes = s.writes /\ accepts = s.accepts
     /\ stopdata = {} /\ syncs = {}
     /\ mode = [r \in Honest |-> "bft"]
     /\ entryRegency = [r \in Honest |-> 0]

@@ -22,14 +22,17 @@
 (* The one exception is MUTATE_FINAL_ON_MAJORITY, which sets decided       *)
 (* from a fallback commit: models/mutant_refinement_final_on_majority      *)
 (* shows TLC reports that step.                                            *)
-(* Init: regency 0 already happened, a state BftCore reaches from its      *)
-(* Init by Propose (leader 0), the WRITEs, then the ACCEPTs over a write   *)
-(* proof, which is how Fallback's Init builds it; the refinement below is  *)
-(* a property of steps ([][...]_v), so it does not restate that.           *)
+(* Init: regency 0 already happened.  The refinement below is a property  *)
+(* of steps ([][...]_v); that BftCore reaches every initial state, mapped  *)
+(* the same way, is checked by FallbackInitInBftCore.tla.                 *)
 (***************************************************************************)
 EXTENDS Fallback
 
 CONSTANT BadBlock  \* BftCore's Bad: a block no honest replica validates
+
+\* Fallback's messages as BftCore's: height 1 added, the fallback parts dropped.
+AtHeight1(P) == {<<1, p[1], p[2]>> : p \in P}
+VotesAtHeight1(V) == {<<x[1], 1, x[2], x[3]>> : x \in V}
 
 Core == INSTANCE BftCore WITH
     MaxHeight <- 1,
@@ -37,11 +40,11 @@ Core == INSTANCE BftCore WITH
     MUTATE_SYNC_FREE_CHOICE <- FALSE,
     MUTATE_NO_VALIDATION <- FALSE,
     decided <- [r \in Honest |-> [h \in {1} |-> decided[r]]],
-    proposes <- {<<1, p[1], p[2]>> : p \in proposes},
-    writes <- {<<w[1], 1, w[2], w[3]>> : w \in writes},
-    accepts <- {<<a[1], 1, a[2], a[3]>> : a \in accepts},
+    proposes <- AtHeight1(proposes),
+    writes <- VotesAtHeight1(writes),
+    accepts <- VotesAtHeight1(accepts),
     stopdata <- {<<e[1], e[2], e[3], e[4], e[5]>> : e \in stopdata},
-    syncs <- {<<1, s[1], s[2]>> : s \in syncs}
+    syncs <- AtHeight1(syncs)
 
 \* Every step is a BftCore step on the mapped variables, or leaves them alone.
 RefinesBftCore == [][Core!Next]_Core!vars

@@ -12,6 +12,8 @@ from proofs.tlc import CATALOGUE, Model, Outcome, ToolError, check
 
 def _describe(model: Model) -> str:
     expect = "no error" if model.expect is None else f"{model.expect} violated"
+    if model.witnesses:
+        expect = "every target reached"
     where = "CI" if model.ci else "--big"
     return f"{model.name:30} {model.spec:8} {where:5} expect {expect}: {model.about}"
 
@@ -20,7 +22,10 @@ def _line(model: Model, outcome: Outcome) -> str:
     mark = "ok  " if outcome.meets(model) else "FAIL"
     states = f"{outcome.distinct_states:,}" if outcome.distinct_states is not None else "?"
     what = "states checked in random behaviours" if model.simulate else "distinct states"
+    # A reachability model's violations are its witnesses, not a counterexample.
     trace = f", trace of {outcome.trace_states} states" if outcome.trace_states else ""
+    if model.witnesses:
+        trace = ""
     return (
         f"{mark} {model.name:30} {outcome.verdict:22} {states:>11} {what}, "
         f"{outcome.seconds:6.1f}s{trace}"

@@ -49,6 +49,10 @@ class Model:
     # the mutation alone causes the violation (0: exhaustive, N: N behaviours).
     undone_simulate: int = 0
     cfg: str | None = None  # the .cfg's name when it is not the model's (a bigger sample)
+    # TRUE: a reachability model (FallbackInitInBftCore.tla).  TLC runs with -continue;
+    # each violation of its invariant is a target reached, and it holds when there are
+    # as many as the spec prints targets (<<"targets", N>>).
+    witnesses: bool = False
 
     @property
     def config(self) -> Path:
@@ -134,6 +138,11 @@ CATALOGUE: tuple[Model, ...] = (
     Model("fallback_s1_byz_n7_sample", "FallbackRefinesBftCore", None, False,
           "fallback_s1_byz_sample at n=7, the heal leader (replica 1) Byzantine; 2,000 "
           "random behaviours", simulate=2_000),
+    Model("init_in_bft_byz1", "FallbackInitInBftCore", None, True,
+          "every initial state of the Fallback models with replica 1 Byzantine (regency "
+          "0 played out) is one BftCore reaches: the refinement's base case", witnesses=True),
+    Model("init_in_bft_honest", "FallbackInitInBftCore", None, True,
+          "the same for the Fallback models with no Byzantine replica", witnesses=True),
     Model("witness_fallback_heal", "Fallback", "NoCommitAndFinal", True,
           "the sampled behaviours of fallback_s2_sample reach a provisional commit "
           "followed by a FINAL block (the witness invariant is violated)", simulate=12_000),
@@ -172,6 +181,9 @@ class Outcome:
     output: str  # TLC's whole output, for the report of a failure
 
     def meets(self, model: Model) -> bool:
+        if model.witnesses:
+            found = re.fullmatch(r"reached:(\d+)/(\d+)", self.verdict)
+            return found is not None and int(found[2]) > 0 and found[1] == found[2]
         if model.expect is None:
             return self.verdict == "ok"
         return self.verdict == f"violated:{model.expect}" and self.trace_states > 0
@@ -208,6 +220,7 @@ def run_tlc(
     deadlock: bool = False,
     progress: Callable[[str], None] | None = None,
     simulate: int = 0,
+    witnesses: bool = False,
 ) -> Outcome:
     """TLC on one spec and config, in a fresh metadir; never raises on a model error.
 
@@ -230,6 +243,8 @@ def run_tlc(
             ]  # fmt: skip
         else:
             command += ["-workers", str(workers())]
+        if witnesses:
+            command.append("-continue")
         if not deadlock:
             # The models bound heights and regencies, so every run ends where no
             # action is enabled: that is the model's edge, not a protocol deadlock.
@@ -248,16 +263,28 @@ def run_tlc(
                 lines.append(line)
                 if progress is not None and line.startswith("Progress"):
                     progress(line.rstrip())
-    return parse(config.stem, "".join(lines), time.monotonic() - started, simulated=simulate > 0)
+    return parse(
+        config.stem,
+        "".join(lines),
+        time.monotonic() - started,
+        simulated=simulate > 0,
+        witnesses=witnesses,
+    )
 
 
-def parse(model: str, output: str, seconds: float, simulated: bool = False) -> Outcome:
+def parse(
+    model: str, output: str, seconds: float, simulated: bool = False, witnesses: bool = False
+) -> Outcome:
     def number(pattern: str) -> int | None:
         found = re.findall(pattern, output)
         return int(found[-1].replace(",", "")) if found else None
 
     violated = re.search(r"(?:Invariant|Action property) (\w+) is violated", output)
-    if violated:
+    targets = number(r'<<"targets", (\d+)>>')
+    if witnesses and targets is not None and "Model checking completed." in output:
+        reached = len(re.findall(r"^Error: Invariant \w+ is violated", output, re.M))
+        verdict = f"reached:{reached}/{targets}"
+    elif violated:
         verdict = f"violated:{violated.group(1)}"
     elif "Temporal properties were violated" in output:
         # TLC does not name the property; a model checks at most one (its PROPERTY).
@@ -290,5 +317,9 @@ def parse(model: str, output: str, seconds: float, simulated: bool = False) -> O
 def check(model: Model, progress: Callable[[str], None] | None = None) -> Outcome:
     """TLC on one catalogued model; ``progress`` gets TLC's progress lines (every minute)."""
     return run_tlc(
-        PROOFS / f"{model.spec}.tla", model.config, progress=progress, simulate=model.simulate
+        PROOFS / f"{model.spec}.tla",
+        model.config,
+        progress=progress,
+        simulate=model.simulate,
+        witnesses=model.witnesses,
     )

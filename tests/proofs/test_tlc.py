@@ -170,3 +170,28 @@ def test_a_wrong_claims_shortcut_is_caught(
     config.write_text(model.config.read_text())
     outcome = tlc.run_tlc(tmp_path / f"{spec}.tla", config, simulate=model.simulate)
     assert outcome.verdict == "violated:ByzClaimsExact", outcome.output[-3000:]
+
+
+def test_an_initial_state_bftcore_cannot_reach_is_caught(tmp_path: Path) -> None:
+    """FallbackInitInBftCore.tla checks Fallback's Init against BftCore.tla: an Init
+    that lets replicas ACCEPT at regency 0 without a write proof has initial states
+    no BftCore behaviour reaches, and the model reports fewer targets reached than
+    there are."""
+    exact = "SUBSET {r \\in writersOf(w) : proofFor(w, w[r])}"
+    broken = []
+    for source in tlc.PROOFS.glob("*.tla"):
+        text = source.read_text()
+        if exact in text:
+            text = text.replace(exact, "SUBSET writersOf(w)")
+            broken.append(source.name)
+        (tmp_path / source.name).write_text(text)
+    assert broken == ["Fallback.tla"], broken
+    model = next(m for m in tlc.CATALOGUE if m.name == "init_in_bft_honest")
+    config = tmp_path / model.config.name
+    config.write_text(model.config.read_text())
+    outcome = tlc.run_tlc(tmp_path / f"{model.spec}.tla", config, witnesses=True)
+    found = re.fullmatch(r"reached:(\d+)/(\d+)", outcome.verdict)
+    assert found is not None, outcome.output[-3000:]
+    reached, targets = int(found[1]), int(found[2])
+    assert 0 < reached < targets, outcome.verdict
+    assert not outcome.meets(model)  # the clean model runs in test_model_ends_as_catalogued
