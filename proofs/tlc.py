@@ -281,9 +281,10 @@ def parse(
 
     violated = re.search(r"(?:Invariant|Action property) (\w+) is violated", output)
     targets = number(r'<<"targets", (\d+)>>')
+    witnessed = re.findall(r"^Error: Invariant (\w+) is violated", output, re.M)
     if witnesses and targets is not None and "Model checking completed." in output:
-        reached = len(re.findall(r"^Error: Invariant \w+ is violated", output, re.M))
-        verdict = f"reached:{reached}/{targets}"
+        # Every violation is a target reached, provided they all name one invariant.
+        verdict = f"reached:{len(witnessed)}/{targets}" if len(set(witnessed)) <= 1 else "error"
     elif violated:
         verdict = f"violated:{violated.group(1)}"
     elif "Temporal properties were violated" in output:

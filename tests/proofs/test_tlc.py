@@ -195,3 +195,19 @@ def test_an_initial_state_bftcore_cannot_reach_is_caught(tmp_path: Path) -> None
     reached, targets = int(found[1]), int(found[2])
     assert 0 < reached < targets, outcome.verdict
     assert not outcome.meets(model)  # the clean model runs in test_model_ends_as_catalogued
+
+
+def test_reachability_verdicts_count_the_targets_reached() -> None:
+    """The runner's reading of a -continue run: one violation per target reached,
+    all of one invariant; an unfinished run or a second invariant is no pass."""
+    head = '<<"targets", 2>>\n'
+    done = "Model checking completed. No error has been found.\n"
+    hit = "Error: Invariant Unreached is violated.\n"
+    model = next(m for m in tlc.CATALOGUE if m.witnesses)
+    both = tlc.parse("m", head + hit + hit + done, 1.0, witnesses=True)
+    assert both.verdict == "reached:2/2" and both.meets(model)
+    one = tlc.parse("m", head + hit + done, 1.0, witnesses=True)
+    assert one.verdict == "reached:1/2" and not one.meets(model)
+    other = "Error: Invariant TypeOK is violated.\n"
+    assert tlc.parse("m", head + hit + other + done, 1.0, witnesses=True).verdict == "error"
+    assert not tlc.parse("m", head + hit + hit, 1.0, witnesses=True).meets(model)
