@@ -95,6 +95,22 @@ def test_a_common_name_and_uri_that_disagree_are_refused() -> None:
         certs.identity_of(b"not a certificate")
 
 
+def test_the_remembered_identity_is_the_certificates_own(cluster: Path) -> None:
+    """peer_identity remembers each certificate's identity: a second call answers the
+    same, and a refused certificate stays refused (with the same reason)."""
+    from node.transport import _identity_of_pem
+
+    replica = (cluster / "replica-2" / "tls.crt").read_bytes()
+    client = (cluster / "client-0" / "tls.crt").read_bytes()
+    disagreeing = _certificate("replica-1", "urn:aegis:x:client:1")
+    for _ in range(2):
+        assert _identity_of_pem(replica) == certs.Identity("local", "replica", 2)
+        assert _identity_of_pem(client) == certs.Identity("local", "client", 0)
+        refused = _identity_of_pem(disagreeing)
+        assert isinstance(refused, str) and "name different identities" in refused
+        assert "unreadable" in str(_identity_of_pem(b"not a certificate"))
+
+
 def test_init_refuses_a_used_directory_and_a_bad_size(tmp_path: Path) -> None:
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
