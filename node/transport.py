@@ -146,7 +146,8 @@ def peer_identity(context: grpc.aio.ServicerContext[bytes, bytes]) -> certs.Iden
 def _identity_of_pem(pem: bytes) -> certs.Identity | str:
     """``certs.identity_of``, remembered per certificate: it is a pure function of the
     bytes (TLS has already verified the chain), and parsing the certificate on every
-    client call cost the leader about 5 % of its CPU with 10-transfer requests."""
+    client call took about 5 % of the leader's sampled time with 10-transfer requests
+    (bench/README.md, session 15)."""
     try:
         return certs.identity_of(pem)
     except certs.CertificateError as error:
